@@ -1,0 +1,349 @@
+"""The async runtime: per-conversation queues, coalescing, the error boundary.
+
+adapter -> core: `await core.handle(event)`; core -> adapter: `await adapter.send(reply)`.
+Each conversation (channel or thread) has its own queue and worker task; a burst of messages
+arriving while the model is busy is taken as one batch and decided once, after the last message
+(answering if any of them addressed the bot). Inference runs off the event loop on ONE worker
+thread shared by all conversations. An exception while handling one batch is logged (and, for
+an addressed message, answered with a short apology); the other conversations never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.config import BotSettings, RuntimeSettings
+from bot.engine.base import Decision, Engine
+from bot.message import (ConversationKey, Deletion, Edit, Event, Message, Reaction, Reply, Turn,
+                         assistant)
+from bot.policy import Policy
+from bot.sessions import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class Adapter(Protocol):
+    """What the core needs from a platform adapter."""
+
+    platform: str
+
+    async def send(self, reply: Reply) -> str | None:
+        """Post a reply; returns the platform's id of the posted message (if any)."""
+        ...
+
+    def typing(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
+        """A typing/status indicator shown while the answer is generated."""
+        ...
+
+
+class Store(Protocol):
+    """The persistence the core writes through (implemented by bot.store.Store)."""
+
+    async def record_message(self, msg: Message) -> bool: ...
+
+    async def record_edit(self, edit: Edit) -> None: ...
+
+    async def record_deletion(self, deletion: Deletion) -> None: ...
+
+    async def record_reaction(self, reaction: Reaction) -> None: ...
+
+    async def record_decision(self, key: ConversationKey, decision: Decision, *,
+                              model_version: str, addressed: bool, message_id: str | None,
+                              mode: str) -> None: ...
+
+    async def record_bot_turn(self, key: ConversationKey, text: str, *,
+                              message_id: str | None, in_reply_to: str | None,
+                              p_silence: float, model_version: str,
+                              latency_ms: float) -> None: ...
+
+
+class Commands(Protocol):
+    """Platform-neutral commands (opt-in, admin...), implemented by bot.commands."""
+
+    async def handle(self, msg: Message, text: str) -> str | None:
+        """`text` is the message without its address. Returns the answer if it was a command."""
+        ...
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """What happened for one batch of user messages (for replay, metrics and tests)."""
+
+    key: ConversationKey
+    messages: tuple[Message, ...]
+    addressed: bool
+    mode: str
+    decision: Decision | None  # None when the model was not run (mention mode, command)
+    text: str | None  # what was posted
+    reason: str  # "model", "addressed", "listen-only", "cooldown", "command", "error"
+    latency_ms: float
+
+
+class _NullTyping(contextlib.AbstractAsyncContextManager[None]):
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class Core:
+    """Routes events from adapters to the engine and replies back."""
+
+    def __init__(self, engine: Engine, policy: Policy, *, bot: BotSettings | None = None,
+                 runtime: RuntimeSettings | None = None, store: Store | None = None,
+                 commands: Commands | None = None):
+        self.engine = engine
+        self.policy = policy
+        self.bot = bot or BotSettings()
+        self.runtime = runtime or RuntimeSettings()
+        self.store = store
+        self.commands = commands
+        self.sessions = SessionStore(self.runtime.max_sessions,
+                                     int(self.runtime.max_kv_megabytes * 2**20))
+        self.adapters: dict[str, Adapter] = {}
+        self.listeners: list[Callable[[DecisionRecord], Awaitable[None] | None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chimein-infer")
+        self._queues: dict[ConversationKey, asyncio.Queue[Event]] = {}
+        self._workers: dict[ConversationKey, asyncio.Task[None]] = {}
+        self._busy: dict[ConversationKey, bool] = {}
+        self._closed = False
+        self.errors = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Core:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, drain: bool = True) -> None:
+        if self._closed:
+            return
+        if drain:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.flush(), timeout=30)
+        self._closed = True
+        for t in self._workers.values():
+            t.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        self.adapters[adapter.platform] = adapter
+
+    # -- intake -------------------------------------------------------------------------
+    async def handle(self, event: Event) -> None:
+        """Accept one platform event. Messages are persisted (where consented) before this
+        returns, so an adapter that acknowledges after it loses nothing on a crash."""
+        if self._closed:
+            raise RuntimeError("core is closed")
+        if isinstance(event, Message) and self.store is not None and not event.is_self:
+            await self.store.record_message(event)
+        q = self._queues.get(event.key)
+        if q is None:
+            q = self._queues[event.key] = asyncio.Queue(self.runtime.queue_size)
+            self._workers[event.key] = asyncio.create_task(self._worker(event.key, q),
+                                                           name=f"chimein:{event.key}")
+        await q.put(event)
+
+    async def flush(self) -> None:
+        """Wait until every queued event has been handled."""
+        while True:
+            pending = [q for q in self._queues.values() if not q.empty()]
+            busy = [k for k, b in self._busy.items() if b]
+            if not pending and not busy:
+                return
+            await asyncio.sleep(0.005)
+
+    async def _worker(self, key: ConversationKey, q: asyncio.Queue[Event]) -> None:
+        while True:
+            first = await q.get()
+            self._busy[key] = True
+            batch = [first]
+            while not q.empty():
+                batch.append(q.get_nowait())
+            try:
+                await self._process(key, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the error boundary: log, carry on with the next batch
+                self.errors += 1
+                log.exception("error while handling %d event(s) in %s", len(batch), key)
+            finally:
+                for _ in batch:
+                    q.task_done()
+                self._busy[key] = False
+
+    # -- processing ---------------------------------------------------------------------
+    async def _process(self, key: ConversationKey, batch: Sequence[Event]) -> None:
+        messages: list[Message] = []
+        for ev in batch:
+            if isinstance(ev, Message):
+                messages.append(ev)
+            elif self.store is not None:
+                if isinstance(ev, Edit):
+                    await self.store.record_edit(ev)
+                elif isinstance(ev, Deletion):
+                    await self.store.record_deletion(ev)
+                elif isinstance(ev, Reaction):
+                    await self.store.record_reaction(ev)
+        if not messages:
+            return
+        session = self.sessions.get(key)
+        turns: list[Turn] = []  # in arrival order: humans and other bots
+        humans: list[Message] = []
+        addressed = False
+        for m in messages:
+            if m.is_self:
+                continue  # already in history: the core put it there when it posted it
+            if m.is_bot:
+                turns.append(self._turn(m))  # context only: other bots are never answered
+                continue
+            is_addr = self.policy.is_addressed(m)
+            if is_addr and self.commands is not None:
+                answer = await self.commands.handle(
+                    m, self.policy.addressing.strip_address(m.text))
+                if answer is not None:
+                    # Commands stay out of the model's history: they are not conversation.
+                    await self._flush_context(session, turns)
+                    turns = []
+                    await self._post(key, answer, m, addressed=True)
+                    await self._notify(DecisionRecord(key, (m,), True, self.policy.mode(
+                        key, m.is_dm), None, answer, "command", 0.0))
+                    continue
+            addressed = addressed or is_addr
+            turns.append(self._turn(m))
+            humans.append(m)
+        if not humans:
+            await self._flush_context(session, turns)
+            return
+        await self._decide(key, session, turns, humans, addressed)
+
+    def _turn(self, m: Message) -> Turn:
+        text = m.text.replace("\x00", "")
+        limit = self.runtime.max_message_chars
+        if len(text) > limit:
+            text = text[:limit] + " …[truncated]"
+        if not text.strip() and m.attachments:
+            text = "[attachment: " + ", ".join(m.attachments) + "]"
+        return Turn("user", text, m.author_name)
+
+    async def _flush_context(self, session: Any, turns: list[Turn]) -> None:
+        if turns:
+            await self._run(self.engine.observe, session, turns)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _decide(self, key: ConversationKey, session: Any, new_turns: list[Turn],
+                      humans: list[Message], addressed: bool) -> None:
+        t0 = time.perf_counter()
+        last = humans[-1]
+        mode = self.policy.mode(key, last.is_dm)
+        msgs = tuple(humans)
+        if mode == "mention" and not addressed:
+            await self._run(self.engine.observe, session, new_turns)  # cheap listen-only
+            await self._notify(DecisionRecord(key, msgs, False, mode, None, None, "listen-only",
+                                              (time.perf_counter() - t0) * 1000))
+            return
+        force = addressed or mode == "always"
+        threshold = self.policy.threshold(key)
+        try:
+            decision: Decision = await self._run(self.engine.decide, session, new_turns,
+                                                 threshold=threshold, force=force)
+        except Exception:
+            session.drop_cache()  # the state may be half-updated: recompute next time
+            if addressed:
+                await self._post(key, "Sorry, something went wrong on my side; please try "
+                                 "again in a moment.", last, addressed=True)
+            raise
+        reason = "addressed" if addressed else "always" if force else "model"
+        text: str | None = None
+        if decision.speak and not force and not self.policy.allow_chimein(key):
+            reason = "cooldown"  # the session already holds the silence turn
+            session.pending = None
+            decision = Decision(decision.p_silence, False, False, decision.fed_tokens,
+                                decision.recomputed, decision.latency_ms)
+        if decision.speak:
+            adapter = self.adapters.get(key.platform)
+            typing = adapter.typing(key) if adapter is not None else _NullTyping()
+            async with typing:
+                try:
+                    text = await self._run(self.engine.respond, session)
+                except Exception:
+                    session.drop_cache()
+                    if addressed:
+                        await self._post(key, "Sorry, something went wrong on my side; please "
+                                         "try again in a moment.", last, addressed=True)
+                    raise
+            if not force:
+                self.policy.record_chimein(key)
+            latency = (time.perf_counter() - t0) * 1000
+            posted_id = await self._post(key, text, last, addressed=addressed)
+            if self.store is not None:
+                await self.store.record_bot_turn(key, text, message_id=posted_id,
+                                                 in_reply_to=last.message_id,
+                                                 p_silence=decision.p_silence,
+                                                 model_version=self.engine.version,
+                                                 latency_ms=latency)
+        latency = (time.perf_counter() - t0) * 1000
+        if self.store is not None:
+            await self.store.record_decision(key, decision, model_version=self.engine.version,
+                                             addressed=addressed, message_id=last.message_id,
+                                             mode=mode)
+        self.sessions.enforce_bytes(keep=key)
+        await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
+                                          latency))
+
+    async def _post(self, key: ConversationKey, text: str, trigger: Message | None,
+                    addressed: bool) -> str | None:
+        adapter = self.adapters.get(key.platform)
+        if adapter is None:
+            log.warning("no adapter for platform %r: reply not delivered", key.platform)
+            return None
+        reply = Reply(key, text, trigger.message_id if trigger else None, addressed)
+        return await adapter.send(reply)
+
+    async def _notify(self, record: DecisionRecord) -> None:
+        for fn in self.listeners:
+            try:
+                r = fn(record)
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:
+                log.exception("decision listener failed")
+
+    # -- model swaps --------------------------------------------------------------------
+    async def swap_engine(self, engine: Engine) -> None:
+        """Switch to a new model without a restart: queued messages wait, none is dropped.
+
+        Runs on the inference thread, so it happens between two decisions; every session's KV
+        state belongs to the old model and is dropped (the turns stay and are recomputed)."""
+        def _swap() -> Engine:
+            old = self.engine
+            self.engine = engine
+            for s in self.sessions:
+                s.drop_cache()
+            return old
+
+        old = await self._run(_swap)
+        log.info("model switched: %s -> %s", old.version, engine.version)
+        with contextlib.suppress(Exception):
+            await self._run(old.close)
+
+    def record_own_message(self, key: ConversationKey, text: str) -> None:
+        """Text the assistant posted outside a decision joins the history as its turn."""
+        self.engine.observe(self.sessions.get(key), [assistant(text)])
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Core]:
+        try:
+            yield self
+        finally:
+            await self.close()

@@ -1,0 +1,26 @@
+"""Engine protocol and backends. Heavy libraries (torch, transformers, peft, openvino) are
+imported lazily inside the backend modules, never at import time of `bot`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.engine.base import Decision, Engine, EngineError
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+__all__ = ["Decision", "Engine", "EngineError", "load_engine"]
+
+
+def load_engine(settings: Settings, version: str | None = None) -> Engine:
+    """Build the engine named by `model.backend` from validated settings."""
+    backend = settings.model.backend
+    if backend == "transformers":
+        from bot.engine.transformers_backend import TransformersEngine
+
+        return TransformersEngine.from_settings(
+            settings.model, settings.generation, system_prompt=settings.bot.system_prompt,
+            fallback_answer=settings.bot.fallback_answer, version=version)
+    raise EngineError(f"model.backend = {backend!r} is not available in this version of "
+                      "chimein yet; use backend = 'transformers'")
