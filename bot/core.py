@@ -113,6 +113,11 @@ class Core:
         self._busy: dict[ConversationKey, bool] = {}
         self._closed = False
         self.errors = 0
+        # A decision and its answer must run on the same engine: a model swap waits until no
+        # decision is between decide() and respond(), and holds new ones back meanwhile.
+        self._gate = asyncio.Condition()
+        self._inflight = 0
+        self._swapping = False
 
     # -- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> Core:
@@ -254,8 +259,43 @@ class Core:
             return
         force = addressed or mode == "always"
         threshold = self.policy.threshold(key)
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._swapping)
+            self._inflight += 1
         try:
-            decision: Decision = await self._run(self.engine.decide, session, new_turns,
+            text, decision, reason, version = await self._decide_and_respond(
+                key, session, new_turns, last, addressed, force, threshold)
+        finally:
+            async with self._gate:
+                self._inflight -= 1
+                self._gate.notify_all()
+        if text is not None:
+            if not force:
+                self.policy.record_chimein(key)
+            latency = (time.perf_counter() - t0) * 1000
+            posted_id = await self._post(key, text, last, addressed=addressed)
+            if self.store is not None:
+                await self.store.record_bot_turn(key, text, message_id=posted_id,
+                                                 in_reply_to=last.message_id,
+                                                 p_silence=decision.p_silence,
+                                                 model_version=version,
+                                                 latency_ms=latency)
+        latency = (time.perf_counter() - t0) * 1000
+        if self.store is not None:
+            await self.store.record_decision(key, decision, model_version=version,
+                                             addressed=addressed, message_id=last.message_id,
+                                             mode=mode)
+        self.sessions.enforce_bytes(keep=key)
+        await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
+                                          latency))
+
+    async def _decide_and_respond(self, key: ConversationKey, session: Any,
+                                  new_turns: list[Turn], last: Message, addressed: bool,
+                                  force: bool, threshold: float
+                                  ) -> tuple[str | None, Decision, str, str]:
+        engine = self.engine
+        try:
+            decision: Decision = await self._run(engine.decide, session, new_turns,
                                                  threshold=threshold, force=force)
         except Exception:
             session.drop_cache()  # the state may be half-updated: recompute next time
@@ -275,31 +315,14 @@ class Core:
             typing = adapter.typing(key) if adapter is not None else _NullTyping()
             async with typing:
                 try:
-                    text = await self._run(self.engine.respond, session)
+                    text = await self._run(engine.respond, session)
                 except Exception:
                     session.drop_cache()
                     if addressed:
                         await self._post(key, "Sorry, something went wrong on my side; please "
                                          "try again in a moment.", last, addressed=True)
                     raise
-            if not force:
-                self.policy.record_chimein(key)
-            latency = (time.perf_counter() - t0) * 1000
-            posted_id = await self._post(key, text, last, addressed=addressed)
-            if self.store is not None:
-                await self.store.record_bot_turn(key, text, message_id=posted_id,
-                                                 in_reply_to=last.message_id,
-                                                 p_silence=decision.p_silence,
-                                                 model_version=self.engine.version,
-                                                 latency_ms=latency)
-        latency = (time.perf_counter() - t0) * 1000
-        if self.store is not None:
-            await self.store.record_decision(key, decision, model_version=self.engine.version,
-                                             addressed=addressed, message_id=last.message_id,
-                                             mode=mode)
-        self.sessions.enforce_bytes(keep=key)
-        await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
-                                          latency))
+        return text, decision, reason, engine.version
 
     async def _post(self, key: ConversationKey, text: str, trigger: Message | None,
                     addressed: bool) -> str | None:
@@ -332,7 +355,14 @@ class Core:
                 s.drop_cache()
             return old
 
-        old = await self._run(_swap)
+        async with self._gate:
+            self._swapping = True
+            try:
+                await self._gate.wait_for(lambda: self._inflight == 0)
+                old = await self._run(_swap)
+            finally:
+                self._swapping = False
+                self._gate.notify_all()
         log.info("model switched: %s -> %s", old.version, engine.version)
         with contextlib.suppress(Exception):
             await self._run(old.close)

@@ -37,8 +37,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_MARKER_RE = re.compile(r"\(\s*(silence|response)\s*\)", re.IGNORECASE)
+_MARKER_RE = re.compile(r"[ \t]?\(\s*(silence|response)\s*\)", re.IGNORECASE)
 _NAME_BAD = re.compile(r"[\r\n:]+")
+_PARTIAL_TAIL = re.compile(r"[ \t]?\(\s*(?:si(?:l(?:e(?:n(?:c(?:e)?)?)?)?)?|"
+                           r"re(?:s(?:p(?:o(?:n(?:s(?:e)?)?)?)?)?)?)\s*$", re.IGNORECASE)
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
 class TemplateError(ValueError):
@@ -56,8 +59,13 @@ def user_text(turn: Turn) -> str:
 
 
 def strip_markers(text: str) -> str:
-    """Remove every marker a model may emit; the result is what may be posted."""
-    return _MARKER_RE.sub("", text).strip()
+    """Remove every marker a model may emit, and characters no chat should receive (C0
+    controls other than newline/tab, U+FFFD from bytes cut mid-character): the result is what
+    may be posted."""
+    text = _MARKER_RE.sub("", text)
+    text = _PARTIAL_TAIL.sub("", text)  # a marker cut off by max_new_tokens
+    text = _BAD_CHARS.sub("", text)
+    return text.strip()
 
 
 def with_silences(turns: Iterable[Turn]) -> list[Turn]:
@@ -268,16 +276,20 @@ class Renderer:
         chat = self._chat(base + [Turn("assistant", None, ASSISTANT_NAME)])
         prefix = self._template(chat[:-1], gen=True)
         full = self._template(chat, gen=False)
-        if not full.startswith(prefix + SILENCE):
+        m_lo = full.find(SILENCE, len(prefix))
+        if not full.startswith(prefix) or m_lo < 0 or full[len(prefix):m_lo].strip():
             raise TemplateError("the assistant turn does not follow the generation prompt")
         ids, offsets = self._tokenize(full)
-        m_lo, m_hi = len(prefix), len(prefix) + len(SILENCE)
+        m_hi = m_lo + len(SILENCE)
         marker = [j for j, (s, e) in enumerate(offsets) if e > m_lo and s < m_hi and e > s]
         start, end = marker[0], marker[-1] + 1
 
         chat_r = chat[:-1] + [{"role": "assistant", "content": RESPONSE_PREFIX + "x"}]
         full_r = self._template(chat_r, gen=False)
         ids_r, offs_r = self._tokenize(full_r)
+        r_lo = full_r.find(RESPONSE, len(prefix))
+        if r_lo != m_lo:
+            raise TemplateError("the template places (silence) and (response) differently")
         r_hi = m_lo + len(RESPONSE)
         resp = [j for j, (s, e) in enumerate(offs_r) if e > m_lo and s < r_hi and e > s]
         if ids_r[: resp[0]] != ids[:start]:
@@ -298,7 +310,11 @@ def from_records(records: Sequence[dict[str, Any]]) -> list[Turn]:
         role = r.get("role")
         content = r.get("content")
         if role == "assistant":
-            text = None if content is None or strip_markers(str(content)) == "" else str(content)
+            text = None if content is None else str(content).strip()
+            if text is not None and text.lower().startswith(RESPONSE):
+                text = text[len(RESPONSE):].strip()
+            if text is not None and strip_markers(text) == "":
+                text = None  # "(silence)" written out, or an empty turn
             turns.append(Turn("assistant", text, ASSISTANT_NAME))
         elif role == "user":
             turns.append(Turn("user", str(content or ""), str(r.get("name") or "someone")))
