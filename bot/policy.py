@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.config import PolicySettings
@@ -89,12 +89,12 @@ class Policy:
     """Channel modes, thresholds and the chime-in cooldown, from config plus admin changes."""
 
     def __init__(self, settings: PolicySettings, wake_words: Iterable[str],
-                 clock: type[time.monotonic] | None = None):  # type: ignore[valid-type]
+                 clock: Callable[[], float] | None = None):
         self.settings = settings
         self.addressing = Addressing(wake_words)
         self._overrides: dict[str, ChannelState] = defaultdict(ChannelState)
         self._chimeins: dict[str, deque[float]] = defaultdict(deque)
-        self._clock = clock or time.monotonic
+        self._clock: Callable[[], float] = clock or time.monotonic
 
     @staticmethod
     def channel_id(key: ConversationKey) -> str:

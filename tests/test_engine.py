@@ -210,3 +210,29 @@ def test_nf4_weights_load_and_decide_on_cpu(tmp_path) -> None:  # type: ignore[n
     d = eng.decide(s, [CHAT[1]], threshold=0.5, force=True)
     assert 0 < d.p_silence < 1
     assert eng.respond(s)
+
+
+def test_lora_adapter_is_applied(tiny_model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj",
+                                                                                   "v_proj"]))
+    with torch.no_grad():  # make the adapter do something measurable
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    gen = GenerationSettings(max_new_tokens=4, temperature=0.0)
+    plain = TransformersEngine.from_settings(ModelSettings(path=str(tiny_model_dir)), gen)
+    tuned = TransformersEngine.from_settings(
+        ModelSettings(path=str(tiny_model_dir), adapter=str(tmp_path / "adapter")), gen)
+    assert type(tuned.model).__name__.startswith("PeftModel")
+    a = plain.decide(Session(KEY), [CHAT[0]], threshold=0.0).p_silence
+    b = tuned.decide(Session(KEY), [CHAT[0]], threshold=0.0).p_silence
+    assert a != pytest.approx(b, rel=1e-3)
+    with pytest.raises(EngineError, match="adapter"):
+        TransformersEngine.from_settings(
+            ModelSettings(path=str(tiny_model_dir), adapter=str(tmp_path / "none")), gen)

@@ -93,7 +93,7 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
                               "on other devices") from e
         raise EngineError(f"cannot load model {model.path!r}: {e}") from e
     if model.quantize != "nf4":
-        lm.to(device)
+        lm.to(device)  # type: ignore[arg-type]
     if model.adapter:
         try:
             from peft import PeftModel
@@ -101,7 +101,7 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
             raise EngineError("model.adapter needs peft installed") from e
         if not Path(model.adapter).exists():
             raise EngineError(f"model.adapter {model.adapter!r} does not exist")
-        lm = PeftModel.from_pretrained(lm, model.adapter)
+        lm = PeftModel.from_pretrained(lm, model.adapter)  # type: ignore[assignment]
     lm.eval()
     if hasattr(lm, "generation_config"):
         lm.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
