@@ -22,5 +22,12 @@ def load_engine(settings: Settings, version: str | None = None) -> Engine:
         return TransformersEngine.from_settings(
             settings.model, settings.generation, system_prompt=settings.bot.system_prompt,
             fallback_answer=settings.bot.fallback_answer, version=version)
+    if backend == "openai":
+        from bot.engine.openai_backend import OpenAIEngine
+
+        return OpenAIEngine.from_settings(
+            settings.model, settings.openai, settings.generation,
+            system_prompt=settings.bot.system_prompt,
+            fallback_answer=settings.bot.fallback_answer)
     raise EngineError(f"model.backend = {backend!r} is not available in this version of "
                       "chimein yet; use backend = 'transformers'")
