@@ -22,6 +22,12 @@ def load_engine(settings: Settings, version: str | None = None) -> Engine:
         return TransformersEngine.from_settings(
             settings.model, settings.generation, system_prompt=settings.bot.system_prompt,
             fallback_answer=settings.bot.fallback_answer, version=version)
+    if backend == "openvino":
+        from bot.engine.openvino_backend import OpenVINOEngine
+
+        return OpenVINOEngine.from_settings(
+            settings.model, settings.generation, system_prompt=settings.bot.system_prompt,
+            fallback_answer=settings.bot.fallback_answer, version=version)
     if backend == "openai":
         from bot.engine.openai_backend import OpenAIEngine
 
