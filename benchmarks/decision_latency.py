@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--backend", choices=("transformers", "openvino"), default="transformers")
     args = p.parse_args(argv)
 
     import torch
@@ -49,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                   range(2000)]
         path = str(save_tiny(Path(tmp.name) / "m", corpus, vocab_size=4000,
                              hidden=args.hidden, layers=args.layers, heads=8))
-    eng = TransformersEngine.from_settings(
-        ModelSettings(path=path, device="cpu", max_context_tokens=32768),
+    engine_cls = TransformersEngine
+    if args.backend == "openvino":
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        from bot.engine.openvino_backend import OpenVINOEngine
+
+        engine_cls = OpenVINOEngine
+    eng = engine_cls.from_settings(
+        ModelSettings(path=path, device="cpu", max_context_tokens=32768, backend=args.backend),
         GenerationSettings(max_new_tokens=16, temperature=0.0))
     s = Session(ConversationKey("bench", "c"))
     names = ["Ann", "Bob", "Cy", "Dee"]
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     last = rows[-10:]
     result = {
         "model": args.model or f"local llama hidden={args.hidden} layers={args.layers}",
+        "backend": args.backend,
         "threads": args.threads,
         "messages": args.messages,
         "final_history_tokens": rows[-1]["history_tokens"],
