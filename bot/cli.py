@@ -152,6 +152,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_optional(dsub, "bot.data_cli", "add_data_commands")
     _add_optional(dsub, "training.cli", "add_data_commands")
     _add_optional(sub, "training.cli", "add_commands")
+    _add_optional(sub, "training.export", "add_commands")
     return p
 
 
