@@ -1,0 +1,154 @@
+"""`chimein data export | stats | forget`: the message store from the command line.
+
+    chimein data export OUT.jsonl        consented conversations, PII scrubbed, for training
+    chimein data stats [--json]          what is stored, per channel and per user
+    chimein data forget --user ID        delete everything of one user (ID: platform:user_id)
+
+The store is the file at `store.path` in the config (`--config`). These commands may run while
+the bot runs: the store is in WAL mode and waits for the bot's writer instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bot import config as config_mod
+
+
+def add_data_commands(data_sub: Any) -> None:
+    """Add `export`, `stats` and `forget` under `chimein data` (explicit wiring in bot.cli)."""
+    sp = data_sub.add_parser("export", help="export consented conversations from the store "
+                                            "(JSONL, PII scrubbed)")
+    sp.add_argument("out", metavar="OUT.jsonl", help="file to write (replaced atomically)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = data_sub.add_parser("stats", help="what the store holds, per channel and user")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sp.set_defaults(func=cmd_stats)
+
+    sp = data_sub.add_parser("forget", help="delete everything the store holds of one user "
+                                            "(admins)")
+    sp.add_argument("--user", required=True, metavar="ID",
+                    help="platform:user_id (e.g. slack:U012ABC); a bare id matches every "
+                         "platform")
+    sp.set_defaults(func=cmd_forget)
+
+
+def _store_path(settings: config_mod.Settings) -> Path | None:
+    path = Path(settings.store.path)
+    if not path.exists():
+        print(f"no store at {path}: nothing has been logged yet (set store.path in the "
+              "config, and have an admin turn logging on in a channel)", file=sys.stderr)
+        return None
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    settings = config_mod.load(args.config)
+    if _store_path(settings) is None:
+        return 1
+    from bot.store import StoreError, export_jsonl
+
+    t0 = time.perf_counter()
+    try:
+        n = asyncio.run(export_jsonl(settings, args.out))
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+        return 2
+    slack = "" if settings.training.allow_slack_data else (
+        " (Slack conversations left out: training.allow_slack_data is off)")
+    print(f"exported {n} conversation segment(s) to {args.out} in "
+          f"{time.perf_counter() - t0:.1f}s{slack}", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    settings = config_mod.load(args.config)
+    if _store_path(settings) is None:
+        return 1
+    from bot.store import Store, StoreError
+
+    async def run() -> dict[str, Any]:
+        async with Store.from_settings(settings.store) as store:
+            return await store.stats()
+
+    try:
+        stats = asyncio.run(run())
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        return 0
+    print(format_stats(stats))
+    return 0
+
+
+def _day(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d", time.localtime(ts))
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """The stats as plain-text tables."""
+    t = stats["totals"]
+    lines = [(f"store {stats['path']} (schema v{stats['schema']}): {t['messages']} message(s), "
+              f"{t['bot_turns']} bot turn(s), {t['decisions']} decision(s), {t['reactions']} "
+              f"reaction(s), {t['opted_in_users']} opted-in user(s)"), "",
+             (f"{'channel':<32} {'logging':<7} {'mode':<11} {'msgs':>7} {'users':>5} "
+              f"{'bot':>5} {'gaps':>6} {'decided':>7} {'spoke':>6}  first       last")]
+    for c in stats["channels"]:
+        lines.append(f"{c['channel'][:32]:<32} {'on' if c['logging'] else 'off':<7} "
+                     f"{c['mode'] or '-':<11} {c['messages']:>7} {c['users']:>5} "
+                     f"{c['bot_turns']:>5} {c['gaps']:>6} {c['decisions']:>7} {c['spoke']:>6}  "
+                     f"{_day(c['first']):<11} {_day(c['last'])}")
+    lines += ["", f"{'user':<32} {'name':<20} {'consent':<8} {'msgs':>7}  first       last"]
+    for u in stats["users"]:
+        consent = {True: "in", False: "out", None: "-"}[u["opted_in"]]
+        lines.append(f"{u['user'][:32]:<32} {(u['name'] or '-')[:20]:<20} {consent:<8} "
+                     f"{u['messages']:>7}  {_day(u['first']):<11} {_day(u['last'])}")
+    if stats["model_versions"]:
+        lines += ["", "model versions: " + ", ".join(
+            f"{v['version']} ({v['decisions']} decisions)" for v in stats["model_versions"])]
+    return "\n".join(lines)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    settings = config_mod.load(args.config)
+    if _store_path(settings) is None:
+        return 1
+    from bot.store import Store, StoreError
+
+    user = args.user.strip()
+    platform: str | None = None
+    if ":" in user:
+        platform, user = user.split(":", 1)
+    if not user:
+        print("error: --user needs an id, e.g. slack:U012ABC", file=sys.stderr)
+        return 2
+
+    async def run() -> Any:
+        async with Store.from_settings(settings.store) as store:
+            return await store.forget(user, platform)
+
+    try:
+        r = asyncio.run(run())
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    who = f"{platform}:{user}" if platform else f"{user} (every platform)"
+    print(f"forgot {who}: {r.messages} message(s), {r.bot_turns} bot answer(s) to them, "
+          f"{r.reactions} reaction(s), consent record {'removed' if r.consent_removed else 'none'}"
+          f", {r.export_segments} conversation(s) removed from {len(r.export_files)} export "
+          "file(s) not yet used for training")
+    for err in r.export_errors:
+        print(f"warning: export file not cleaned: {err}", file=sys.stderr)
+    return 1 if r.export_errors else 0

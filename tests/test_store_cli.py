@@ -1,0 +1,89 @@
+"""`chimein data export | stats | forget` on a real store file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.message import ConversationKey, Message
+from bot.store import Store
+
+K = ConversationKey("discord", "42")
+
+
+@pytest.fixture
+async def filled(tmp_path: Path) -> Path:
+    """A config whose store holds a short consented conversation (and one Slack one)."""
+    db = tmp_path / "data" / "store.sqlite3"
+    async with Store(db) as store:
+        await store.set_channel_logging("discord", "42", True)
+        await store.set_channel_logging("slack", "C1", True)
+        for user in ("7", "8"):
+            await store.set_consent("discord", user, True)
+        await store.set_consent("slack", "U1", True)
+        await store.record_message(Message(K, "7", "Ann", "my mail is ann@example.com",
+                                           message_id="1", ts=100.0))
+        await store.record_message(Message(K, "8", "Bob", "assistant, 2+2?", message_id="2",
+                                           ts=110.0))
+        await store.record_bot_turn(K, "4", message_id="3", in_reply_to="2", p_silence=0.2,
+                                    model_version="v1", latency_ms=12.0)
+        await store.record_message(Message(ConversationKey("slack", "C1"), "U1", "Cy",
+                                           "from slack", message_id="1.0", ts=120.0))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[store]\npath = "{db}"\n', encoding="utf-8")
+    return cfg
+
+
+def test_data_export_writes_consented_scrubbed_jsonl(filled: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out" / "export.jsonl"
+    assert main(["--config", str(filled), "data", "export", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "exported 1 conversation segment(s)" in err and "allow_slack_data is off" in err
+    [line] = out.read_text(encoding="utf-8").splitlines()
+    conv = json.loads(line)
+    assert conv["messages"] == [
+        {"role": "user", "name": "Ann", "content": "my mail is <EMAIL_1>"},
+        {"role": "user", "name": "Bob", "content": "assistant, 2+2?"},
+        {"role": "assistant", "content": "4"}]
+    # The training side's checker accepts the file as it is.
+    assert main(["data", "check", str(out)]) == 0
+
+
+def test_data_stats_tables_and_json(filled: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(filled), "data", "stats"]) == 0
+    text = capsys.readouterr().out
+    assert "3 message(s), 1 bot turn(s)" in text
+    assert "discord:42" in text and "discord:7" in text and "Ann" in text
+    assert main(["--config", str(filled), "data", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert {c["channel"]: c["messages"] for c in stats["channels"]} == {"discord:42": 2,
+                                                                        "slack:C1": 1}
+
+
+def test_data_forget_removes_the_user(filled: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "export.jsonl"
+    assert main(["--config", str(filled), "data", "export", str(out)]) == 0
+    assert main(["--config", str(filled), "data", "forget", "--user", "discord:7"]) == 0
+    said = capsys.readouterr().out
+    assert "forgot discord:7: 1 message(s)" in said
+    assert "1 conversation(s) removed from 1 export file(s)" in said
+    assert "ann@example.com" not in out.read_text() and "EMAIL" not in out.read_text()
+    assert main(["--config", str(filled), "data", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert [u["user"] for u in stats["users"]] == ["discord:8", "slack:U1"]
+
+
+def test_missing_store_is_a_clear_message(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path / "nothing.sqlite3"}"\n')
+    for args in (["data", "export", str(tmp_path / "x.jsonl")], ["data", "stats"],
+                 ["data", "forget", "--user", "slack:U1"]):
+        assert main(["--config", str(cfg), *args]) == 1
+        assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "nothing.sqlite3").exists()  # looking did not create it
