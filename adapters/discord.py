@@ -1,0 +1,521 @@
+"""Discord: a discord.py client on the gateway with the Message Content intent.
+
+The adapter only translates and delivers. discord.py parses the gateway payloads into its own
+objects; pure functions here (`conversation_key`, `render_content`, `translate_message`) turn
+those into `bot.message` types (tested on recorded gateway payloads fed through discord.py's
+own parsers), and `DiscordAdapter` hands them to `core.handle` and posts the core's replies.
+
+- Guild text channels and threads are each their own conversation (a thread is
+  `ConversationKey(channel=<parent>, thread=<thread>)`); DMs use the DM mode.
+- Addressed: a mention of the bot user or of its managed role, or a reply to one of its
+  messages; wake words are the core's business.
+- Replies are Discord replies to the triggering message, split under 2,000 characters, with
+  mentions disabled except (for answers) the person asked; a typing indicator runs while the
+  answer is generated. Rate limits are handled by discord.py.
+- `discord.api_base_url` / `discord.gateway_url` (API proxies) are applied before connecting.
+- A refused Message Content intent (close code 4014) stops start-up with what to switch on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import weakref
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+import discord
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+
+from adapters.common import LRU, AdapterError, SeenSet, split_text, utf16_len
+from bot.config import BotSettings, DiscordSettings
+from bot.core import Core
+from bot.message import (
+    ConversationKey,
+    Deletion,
+    Edit,
+    Message,
+    Reaction,
+    Reply,
+    Turn,
+    assistant,
+    user,
+)
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MAX_POST_UNITS = 1990  # Discord's limit is 2,000 (UTF-16 units); a little room for safety
+THREAD_CONTEXT_MESSAGES = 20
+INTENT_HELP = (
+    "Discord refused the Message Content intent (gateway close code 4014). Open the Discord "
+    "Developer Portal (https://discord.com/developers/applications) -> your application -> "
+    "Bot -> Privileged Gateway Intents, switch on \"Message Content Intent\", save, and start "
+    "chimein again.")
+SLASH_COMMANDS = {
+    "optin": "Let the bot keep your messages for improving it",
+    "optout": "Stop the bot keeping your new messages (forget deletes the old ones)",
+    "forget": "Delete everything the bot kept of yours",
+    "status": "What the bot keeps and how it behaves here",
+    "help": "What the bot does and its commands",
+}
+_CONVERSATION_TYPES = {discord.MessageType.default, discord.MessageType.reply,
+                       discord.MessageType.chat_input_command,
+                       discord.MessageType.context_menu_command}
+_TOKEN = re.compile(r"<(@!?|@&|#|a?:\w+:|t:|/[\w -]+:)(\d+)(:[tTdDfFR])?>")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class DiscordIdentity:
+    bot_user_id: int
+    bot_name: str = "assistant"
+    bot_role_ids: frozenset[int] = frozenset()
+
+
+# -- pure translation -------------------------------------------------------------------------
+def conversation_key(channel: Any) -> ConversationKey:
+    """A thread is its own conversation under its parent channel; anything else is one."""
+    if isinstance(channel, discord.Thread) and channel.parent_id:
+        return ConversationKey(PLATFORM, str(channel.parent_id), str(channel.id))
+    return ConversationKey(PLATFORM, str(channel.id))
+
+
+def is_dm(channel: Any) -> bool:
+    return isinstance(channel, discord.DMChannel) or (
+        isinstance(channel, discord.PartialMessageable)
+        and channel.type == discord.ChannelType.private)
+
+
+def render_content(content: str, ident: DiscordIdentity, *,
+                   users: Mapping[int, str] | None = None, roles: Mapping[int, str] | None = None,
+                   channels: Mapping[int, str] | None = None,
+                   bot_role_ids: Collection[int] = ()) -> tuple[str, bool]:
+    """Discord markup -> what people read; returns (text, mentions the bot).
+
+    `<@id>` -> `@Name`, the bot's own user or role mention -> `@{bot_name}`, `<@&id>` ->
+    `@role`, `<#id>` -> `#channel`, `<:emoji:id>` -> `:emoji:`, `<t:unix:R>` -> a UTC time,
+    `</cmd:id>` -> `/cmd`; control characters (NUL...) are dropped.
+    """
+    users, roles, channels = users or {}, roles or {}, channels or {}
+    bot_roles = set(bot_role_ids) | set(ident.bot_role_ids)
+    mentions_bot = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal mentions_bot
+        kind, num = m.group(1), int(m.group(2))
+        if kind in ("@", "@!"):
+            if num == ident.bot_user_id:
+                mentions_bot = True
+                return f"@{ident.bot_name}"
+            return "@" + users.get(num, "unknown-user")
+        if kind == "@&":
+            if num in bot_roles:
+                mentions_bot = True
+                return f"@{ident.bot_name}"
+            return "@" + roles.get(num, "unknown-role")
+        if kind == "#":
+            return "#" + channels.get(num, "unknown-channel")
+        if kind == "t:":
+            try:
+                when = dt.datetime.fromtimestamp(num, dt.UTC)
+            except (OverflowError, OSError, ValueError):
+                return m.group(0)
+            return when.strftime("%Y-%m-%d %H:%M UTC")
+        if kind.startswith("/"):
+            return kind[:-1]
+        return ":" + kind.rstrip(":").split(":")[1] + ":"  # custom emoji
+
+    text = _TOKEN.sub(sub, content or "")
+    return _CONTROL.sub("", text), mentions_bot
+
+
+def translate_message(msg: discord.Message, ident: DiscordIdentity,
+                      key: ConversationKey | None = None) -> Message | None:
+    """A discord.py Message -> Message, or None for system messages (joins, pins, ...).
+
+    `key` overrides the conversation when the adapter resolved a channel discord.py had not
+    cached (a thread it never saw created)."""
+    if msg.type not in _CONVERSATION_TYPES:
+        return None
+    guild = msg.guild
+    bot_roles: set[int] = set()
+    if guild is not None and guild.self_role is not None:
+        bot_roles.add(guild.self_role.id)
+    users = {u.id: u.display_name for u in msg.mentions}
+    roles = {r.id: r.name for r in msg.role_mentions}
+    channels: dict[int, str] = {c.id: c.name for c in msg.channel_mentions}
+    if guild is not None:  # <#id> of channels discord.py did not list as mentioned
+        for cid in msg.raw_channel_mentions:
+            ch = guild.get_channel_or_thread(cid)
+            if ch is not None:
+                channels.setdefault(cid, ch.name)
+    text, mentions_bot = render_content(msg.content, ident, users=users, roles=roles,
+                                        channels=channels, bot_role_ids=bot_roles)
+    ref = msg.reference
+    resolved = ref.resolved if ref is not None else None
+    if isinstance(resolved, discord.Message) and resolved.author.id == ident.bot_user_id:
+        mentions_bot = True  # a reply to the bot is addressed to it
+    author = msg.author
+    is_self = author.id == ident.bot_user_id
+    return Message(
+        key=key or conversation_key(msg.channel),
+        author_id=str(author.id),
+        author_name=author.display_name,
+        text=text,
+        message_id=str(msg.id),
+        ts=msg.created_at.timestamp(),
+        is_bot=not is_self and (author.bot or msg.webhook_id is not None),
+        is_self=is_self,
+        mentions_bot=mentions_bot,
+        is_dm=is_dm(msg.channel),
+        attachments=tuple(a.filename for a in msg.attachments),
+        reply_to=str(ref.message_id) if ref is not None and ref.message_id else None,
+    )
+
+
+# -- the adapter ------------------------------------------------------------------------------
+class DiscordAdapter:
+    """Discord <-> core. `async with DiscordAdapter(...)` or `await start()` / `await close()`."""
+
+    platform = PLATFORM
+
+    def __init__(self, core: Core, settings: DiscordSettings, bot: BotSettings, *, token: str,
+                 guild_ready_timeout: float = 2.0):
+        self.core = core
+        self.settings = settings
+        self.bot = bot
+        self._token = token
+        # The bot never joins voice: don't warn that voice libraries are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        intents = discord.Intents.default()  # guilds, messages, reactions, DMs...
+        intents.message_content = True  # privileged: without it message text is empty
+        self.client = discord.Client(intents=intents, guild_ready_timeout=guild_ready_timeout,
+                                     allowed_mentions=discord.AllowedMentions.none())
+        for name in ("on_ready", "on_resumed", "on_message", "on_raw_message_edit",
+                     "on_raw_message_delete", "on_raw_reaction_add", "on_raw_reaction_remove"):
+            setattr(self.client, name, getattr(self, "_" + name))
+        self.tree: app_commands.CommandTree[discord.Client] | None = None
+        if settings.slash_commands:
+            self.tree = app_commands.CommandTree(self.client)
+            self._add_slash_commands(self.tree)
+        self.identity = DiscordIdentity(0, bot.name)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._saved: tuple[str, yarl.URL] | None = None
+        self._seen = SeenSet()
+        self._own: LRU = LRU(5000)  # ids of the bot's posts -> conversation
+        self._threads: LRU = LRU(5000)  # thread id -> parent id, for uncached channels
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+        self.duplicates = 0
+        self.handled = 0
+        self.reconnects = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _apply_urls(self) -> None:
+        """discord.py reads its REST base from `Route.BASE` and its gateway from
+        `DiscordWebSocket.DEFAULT_GATEWAY` (it does not ask /gateway/bot for one shard): set
+        both before logging in; `close()` puts them back."""
+        self._saved = (discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+        if self.settings.api_base_url:
+            base = self.settings.api_base_url.rstrip("/")
+            if not re.search(r"/v\d+$", base):
+                base += f"/v{discord.http.INTERNAL_API_VERSION}"
+            discord.http.Route.BASE = base
+        if self.settings.gateway_url:
+            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.settings.gateway_url)
+
+    def _restore_urls(self) -> None:
+        if self._saved is not None:
+            discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved
+            self._saved = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Log in, connect, and return once the gateway says READY (or raise AdapterError)."""
+        self._apply_urls()
+        try:
+            await self.client.login(self._token)
+        except discord.LoginFailure:
+            await self.close()
+            raise AdapterError("Discord rejected DISCORD_TOKEN (401): copy the token from the "
+                               "Developer Portal -> your application -> Bot -> Reset Token"
+                               ) from None
+        except BaseException:
+            await self.close()
+            raise
+        if self.settings.api_base_url and not self.settings.gateway_url:
+            # A proxied API serves its own gateway address: ask it instead of Discord's.
+            try:
+                _, url, _ = await self.client.http.get_bot_gateway()
+            except discord.GatewayNotFound:
+                await self.close()
+                raise AdapterError(f"{self.settings.api_base_url} did not answer /gateway/bot: "
+                                   "set discord.gateway_url to the proxy's gateway") from None
+            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        user_ = self.client.user
+        self.identity = DiscordIdentity(user_.id if user_ else 0, self.bot.name)
+        self._task = asyncio.create_task(self.client.connect(reconnect=True),
+                                         name="chimein:discord")
+        ready = asyncio.create_task(self._ready.wait())
+        try:
+            await asyncio.wait({ready, self._task}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self._task.done():
+            await self._raise_failure()
+        if not self._ready.is_set():
+            await self.close()
+            raise AdapterError(f"Discord gateway did not become ready in {timeout:.0f} s")
+        log.info("discord: connected as %s (%s) in %d guild(s)", user_,
+                 self.identity.bot_user_id, len(self.client.guilds))
+        if self.tree is not None:
+            try:
+                synced = await self.tree.sync()
+                log.info("discord: %d slash command(s) registered", len(synced))
+            except discord.HTTPException as e:
+                log.warning("discord: slash commands not registered (%s); the text commands "
+                            "still work", e)
+
+    async def _raise_failure(self) -> None:
+        task = self._task
+        exc = task.exception() if task is not None and not task.cancelled() else None
+        await self.close()
+        if isinstance(exc, discord.PrivilegedIntentsRequired):
+            raise AdapterError(INTENT_HELP) from None
+        if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
+            raise AdapterError("Discord rejected DISCORD_TOKEN on the gateway (4004)") from None
+        if exc is not None:
+            raise AdapterError(f"Discord connection failed: {exc!r}") from exc
+
+    async def wait_closed(self) -> None:
+        """Returns when the connection ends for good; raises AdapterError if it failed."""
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            await self._raise_failure()
+
+    async def close(self) -> None:
+        try:
+            if not self.client.is_closed():
+                await self.client.close()
+            if self._task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._task), 10)
+        finally:
+            self._restore_urls()
+
+    # -- gateway events -------------------------------------------------------------------
+    async def _on_ready(self) -> None:
+        self._ready.set()
+
+    async def _on_resumed(self) -> None:
+        self.reconnects += 1
+        log.info("discord: gateway session resumed")
+
+    def _lock(self, channel_id: int) -> asyncio.Lock:
+        lock = self._locks.get(str(channel_id))
+        if lock is None:
+            lock = self._locks[str(channel_id)] = asyncio.Lock()
+        return lock
+
+    async def _key_for(self, channel: Any) -> ConversationKey:
+        """conversation_key, resolving a channel discord.py does not know (an uncached thread)
+        through the API once."""
+        if not isinstance(channel, discord.PartialMessageable) or channel.guild_id is None:
+            return conversation_key(channel)
+        parent = self._threads.get(channel.id)
+        if parent is None:
+            try:
+                full = await self.client.fetch_channel(channel.id)
+                parent = getattr(full, "parent_id", None) if isinstance(full, discord.Thread) \
+                    else 0
+            except discord.HTTPException:
+                parent = 0
+            self._threads.put(channel.id, parent)
+        if parent:
+            return ConversationKey(PLATFORM, str(parent), str(channel.id))
+        return ConversationKey(PLATFORM, str(channel.id))
+
+    async def _on_message(self, message: discord.Message) -> None:
+        # A RESUME replays what was missed; the id makes a replay (or a duplicate) harmless.
+        if not self._seen.add(message.id):
+            self.duplicates += 1
+            return
+        try:
+            async with self._lock(message.channel.id):
+                key = await self._key_for(message.channel)
+                ev = translate_message(message, self.identity, key)
+                if ev is None or ev.is_self:
+                    return
+                if ev.key.thread and self.core.sessions.peek(ev.key) is None:
+                    await self._seed_thread(ev, message)
+                self.handled += 1
+                await self.core.handle(ev)
+        except BaseException:
+            self._seen.discard(message.id)
+            raise
+
+    async def _seed_thread(self, msg: Message, message: discord.Message) -> None:
+        """A thread new to the bot: the message it was started from and the thread's earlier
+        messages become context for the model."""
+        channel = message.channel
+        earlier: dict[int, discord.Message] = {}
+        try:
+            parent = getattr(channel, "parent", None)
+            if isinstance(channel, discord.Thread) and isinstance(parent, discord.TextChannel):
+                with contextlib.suppress(discord.NotFound):
+                    # A thread started from a message has that message's id (a forum post's
+                    # first message is inside the thread and comes with its history).
+                    starter = await parent.fetch_message(channel.id)
+                    earlier[starter.id] = starter
+            async for m in channel.history(limit=THREAD_CONTEXT_MESSAGES, before=message):
+                earlier[m.id] = m
+        except (discord.Forbidden, discord.HTTPException) as e:
+            log.info("discord: thread context for %s unavailable (%s)", msg.key, e)
+        turns: list[Turn] = []
+        for m in sorted(earlier.values(), key=lambda m: m.id)[-THREAD_CONTEXT_MESSAGES:]:
+            t = translate_message(m, self.identity, msg.key)
+            if t is not None:
+                turns.append(assistant(t.text) if t.is_self else user(t.author_name, t.text))
+        # Checked again (the fetches above awaited); nothing awaits between here and observe.
+        if self.core.sessions.peek(msg.key) is None:
+            session = self.core.sessions.get(msg.key)
+            if turns:
+                self.core.engine.observe(session, turns)
+
+    async def _on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        msg = payload.message
+        if msg.edited_at is None:
+            return  # an embed was resolved: no new text
+        if payload.cached_message is not None and payload.cached_message.content == msg.content:
+            return
+        key = await self._key_for(msg.channel)
+        ev = translate_message(msg, self.identity, key)
+        if ev is None or ev.is_self:
+            return
+        await self.core.handle(Edit(key, str(msg.id), str(msg.author.id), ev.text))
+
+    async def _on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        channel = self.client.get_channel(payload.channel_id) or \
+            self.client.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
+        key = await self._key_for(channel)
+        await self.core.handle(Deletion(key, str(payload.message_id)))
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent, added: bool) -> None:
+        if payload.user_id == self.identity.bot_user_id:
+            return
+        own = self._own.get(payload.message_id)
+        if own is None and payload.message_author_id != self.identity.bot_user_id:
+            return  # feedback is reactions on the bot's own messages only
+        if own is None:
+            channel = self.client.get_channel(payload.channel_id) or \
+                self.client.get_partial_messageable(payload.channel_id,
+                                                    guild_id=payload.guild_id)
+            own = await self._key_for(channel)
+        await self.core.handle(Reaction(own, str(payload.message_id), str(payload.user_id),
+                                        str(payload.emoji), added=added))
+
+    async def _on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, True)
+
+    async def _on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, False)
+
+    # -- slash commands -------------------------------------------------------------------
+    def _add_slash_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        def make(name: str) -> Any:
+            async def callback(interaction: discord.Interaction) -> None:
+                await self._run_command(interaction, name)
+            return callback
+
+        for name, description in SLASH_COMMANDS.items():
+            tree.add_command(app_commands.Command(name=name, description=description,
+                                                  callback=make(name)))
+
+        async def chimein(interaction: discord.Interaction, command: str) -> None:
+            await self._run_command(interaction, command)
+
+        tree.add_command(app_commands.Command(
+            name="chimein", description="Run a chimein command (admins: logging, mode, ...)",
+            callback=chimein))
+
+    async def _run_command(self, interaction: discord.Interaction, text: str) -> None:
+        """Slash commands go through the same platform-neutral commands as typed ones; the
+        answer is visible only to the person who asked."""
+        commands = self.core.commands
+        if commands is None:
+            await interaction.response.send_message(
+                "Commands need the message store: set store.path in the config.",
+                ephemeral=True)
+            return
+        channel = interaction.channel
+        key = conversation_key(channel) if channel is not None else ConversationKey(
+            PLATFORM, str(interaction.channel_id))
+        who = interaction.user
+        msg = Message(key, str(who.id), who.display_name, text, message_id=str(interaction.id),
+                      is_dm=channel is not None and is_dm(channel), mentions_bot=True)
+        try:
+            answer = await commands.handle(msg, text)
+        except Exception:
+            log.exception("discord: command %r failed", text)
+            answer = "Sorry, that command failed on my side."
+        await interaction.response.send_message(
+            answer or f"Unknown command {text!r}; try /help.", ephemeral=True)
+
+    # -- delivery -------------------------------------------------------------------------
+    def _target(self, key: ConversationKey) -> Any:
+        cid = int(key.thread or key.channel)
+        return self.client.get_channel(cid) or self.client.get_partial_messageable(cid)
+
+    async def send(self, reply: Reply) -> str | None:
+        """Post a reply as a Discord reply to the triggering message (split if long);
+        returns the id of its first part."""
+        target = self._target(reply.key)
+        ref = None
+        if reply.in_reply_to and reply.in_reply_to.isdigit():
+            ref = discord.MessageReference(message_id=int(reply.in_reply_to),
+                                           channel_id=target.id, fail_if_not_exists=False)
+        # Never let model output ping @everyone, roles or people; an answer pings only the
+        # person it answers (through the reply itself).
+        mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
+                                           replied_user=reply.addressed)
+        first: str | None = None
+        for i, part in enumerate(split_text(reply.text, MAX_POST_UNITS, measure=utf16_len)):
+            sent = await target.send(part, reference=ref if i == 0 else None,
+                                     allowed_mentions=mentions)
+            first = first or str(sent.id)
+            self._own.put(sent.id, reply.key)
+        return first
+
+    @contextlib.asynccontextmanager
+    async def typing(self, key: ConversationKey) -> AsyncIterator[None]:
+        """"assistant is typing…" while the answer is generated (renewed every 5 s by
+        discord.py); a channel that refuses it just gets no indicator."""
+        cm = self._target(key).typing()
+        try:
+            await cm.__aenter__()
+        except discord.HTTPException as e:
+            log.debug("discord: no typing indicator in %s (%s)", key, e)
+            yield
+            return
+        try:
+            yield
+        finally:
+            await cm.__aexit__(None, None, None)

@@ -1,0 +1,374 @@
+"""A fake Slack on 127.0.0.1 that the real slack-bolt / slack-sdk clients talk to.
+
+It speaks the real protocols, not a mock of the client:
+- the Web API over HTTP (`POST/GET /api/<method>`, bearer tokens, form or JSON bodies):
+  auth.test, apps.connections.open, chat.postMessage, users.info, conversations.info,
+  conversations.replies, reactions.add, assistant.threads.setStatus; `rate_limit[method] = n`
+  answers the next n calls with HTTP 429 + Retry-After, `fail[method] = "error"` with ok=false;
+- Socket Mode: apps.connections.open hands out a ws:// URL; the websocket says `hello`, carries
+  `events_api` envelopes and takes the client's acknowledgements. An envelope not acknowledged
+  when its connection drops is delivered again on the next connection with `retry_attempt`
+  raised, as Slack does (`lose_acks = True` drops acknowledgements on the floor to make that
+  happen); `disconnect()` sends Slack's `{"type": "disconnect"}` or just closes;
+- the HTTP Events API the other way round: `deliver_http` signs a request with the signing
+  secret (v0 HMAC-SHA256) and POSTs it to the app, with `X-Slack-Retry-Num` for retries.
+
+Messages the bot posts are echoed back as `message` events, as Slack does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+
+TEAM = "T0FAKE01"
+APP = "A0FAKE01"
+
+DEFAULT_USERS: dict[str, dict[str, Any]] = {
+    "U0ANN": {"name": "ann", "real_name": "Ann Lee", "display_name": "Ann"},
+    "U0BOB": {"name": "bob", "real_name": "Bob Stone", "display_name": "Bob"},
+    "U0CY": {"name": "cy", "real_name": "Cy Wu", "display_name": ""},  # no display name
+}
+
+
+def sign(secret: str, timestamp: str, body: str) -> str:
+    """Slack's request signature: v0=HMAC_SHA256(secret, "v0:{ts}:{body}")."""
+    base = f"v0:{timestamp}:{body}".encode()
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+class FakeSlack:
+    def __init__(self, *, bot_token: str = "xoxb-fake-bot", app_token: str = "xapp-fake-app",
+                 signing_secret: str = "fake-signing-secret", bot_user_id: str = "U0BOT",
+                 bot_id: str = "B0BOT", users: dict[str, dict[str, Any]] | None = None,
+                 echo_own_messages: bool = True):
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.signing_secret = signing_secret
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.users = dict(DEFAULT_USERS if users is None else users)
+        self.echo_own_messages = echo_own_messages
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.posts: list[dict[str, Any]] = []  # chat.postMessage arguments, in order
+        self.statuses: list[dict[str, Any]] = []
+        self.reactions: list[dict[str, Any]] = []
+        self.history: dict[str, list[dict[str, Any]]] = {}  # channel -> messages
+        self.acks: list[str] = []
+        self.lose_acks = False  # acknowledgements "lost in transit": Slack will redeliver
+        self.lost_acks: list[str] = []
+        self.envelopes_sent: list[dict[str, Any]] = []
+        self.rate_limit: dict[str, int] = {}
+        self.fail: dict[str, str] = {}
+        self.connections = 0  # websocket connections accepted so far
+        self._pending: dict[str, dict[str, Any]] = {}  # envelope_id -> envelope, not yet acked
+        self._sockets: list[web.WebSocketResponse] = []
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=4 * 2**20)
+        app.router.add_route("*", "/api/{method}", self._web_api)
+        app.router.add_get("/link/", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    # -- waiting --------------------------------------------------------------------------
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `predicate()` holds (re-checked on every change), or fail the test."""
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_posts(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        await self.wait_for(lambda: len(self.posts) >= n, timeout)
+        return self.posts
+
+    async def wait_acked(self, event_id: str, timeout: float = 5.0) -> None:
+        """Until the latest delivery of `event_id` is acknowledged."""
+        def done() -> bool:
+            ids = [e["envelope_id"] for e in self.envelopes_sent
+                   if e["payload"].get("event_id") == event_id]
+            return bool(ids) and ids[-1] in self.acks
+        await self.wait_for(done, timeout)
+
+    async def wait_connected(self, n: int = 1, timeout: float = 5.0) -> None:
+        await self.wait_for(lambda: self.connections >= n and bool(self._sockets), timeout)
+
+    # -- payload builders -----------------------------------------------------------------
+    def next_ts(self) -> str:
+        return f"{1_760_000_000 + next(self._ts)}.{next(self._ts):06d}"
+
+    def message_event(self, channel: str, user: str, text: str, *,
+                      thread_ts: str | None = None, ts: str | None = None,
+                      channel_type: str | None = None) -> dict[str, Any]:
+        """A `message` event as Slack sends it for a person's message (and its history entry)."""
+        ts = ts or self.next_ts()
+        ev: dict[str, Any] = {
+            "client_msg_id": str(uuid.uuid4()), "type": "message", "text": text, "user": user,
+            "ts": ts, "team": TEAM, "channel": channel, "event_ts": ts,
+            "channel_type": channel_type or ("im" if channel.startswith("D") else "channel"),
+            "blocks": [{"type": "rich_text", "block_id": "b1", "elements": [
+                {"type": "rich_text_section", "elements": [{"type": "text", "text": text}]}]}],
+        }
+        if thread_ts:
+            ev["thread_ts"] = thread_ts
+            ev["parent_user_id"] = self._author_of(channel, thread_ts)
+        self._record(channel, {k: v for k, v in ev.items()
+                               if k not in ("channel", "event_ts", "channel_type")})
+        return ev
+
+    def _author_of(self, channel: str, ts: str) -> str:
+        for m in self.history.get(channel, []):
+            if m["ts"] == ts:
+                return str(m.get("user", ""))
+        return ""
+
+    def _record(self, channel: str, msg: dict[str, Any]) -> None:
+        self.history.setdefault(channel, []).append(msg)
+
+    def callback_body(self, event: dict[str, Any], event_id: str | None = None
+                      ) -> dict[str, Any]:
+        return {
+            "token": "legacy-verification-token", "team_id": TEAM, "context_team_id": TEAM,
+            "api_app_id": APP, "event": event, "type": "event_callback",
+            "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": int(time.time()),
+            "authorizations": [{"enterprise_id": None, "team_id": TEAM,
+                                "user_id": self.bot_user_id, "is_bot": True,
+                                "is_enterprise_install": False}],
+            "is_ext_shared_channel": False, "event_context": "4-fake",
+        }
+
+    # -- driving the client over Socket Mode ----------------------------------------------
+    async def send_event(self, event: dict[str, Any], *, event_id: str | None = None,
+                         retry_attempt: int = 0) -> str:
+        """Deliver one event in an `events_api` envelope; returns its event_id. With no
+        connection open it waits in the queue and goes out on the next one."""
+        body = self.callback_body(event, event_id)
+        env = {"envelope_id": str(uuid.uuid4()), "payload": body, "type": "events_api",
+               "accepts_response_payload": False, "retry_attempt": retry_attempt,
+               "retry_reason": "" if retry_attempt == 0 else "timeout"}
+        self._pending[env["envelope_id"]] = env
+        ws = self._sockets[-1] if self._sockets else None
+        if ws is not None and not ws.closed:
+            await self._send_envelope(ws, env)
+        return str(body["event_id"])
+
+    async def user_says(self, channel: str, user: str, text: str, *,
+                        thread_ts: str | None = None) -> str:
+        """A person posts: the `message` event, plus `app_mention` when the bot is @-mentioned
+        (Slack sends both, with different event ids). Returns the message ts."""
+        ev = self.message_event(channel, user, text, thread_ts=thread_ts)
+        await self.send_event(ev)
+        if f"<@{self.bot_user_id}>" in text and not channel.startswith("D"):
+            mention = {k: v for k, v in ev.items() if k != "channel_type"}
+            mention["type"] = "app_mention"
+            await self.send_event(mention)
+        return str(ev["ts"])
+
+    async def _send_envelope(self, ws: web.WebSocketResponse, env: dict[str, Any]) -> None:
+        self.envelopes_sent.append(env)
+        await ws.send_str(json.dumps(env))
+
+    async def disconnect(self, *, polite: bool = False) -> None:
+        """Drop every Socket Mode connection: `polite` sends Slack's disconnect message
+        (refresh_requested) first; otherwise the server just closes the websocket."""
+        for ws in list(self._sockets):
+            if polite:
+                await ws.send_str(json.dumps({"type": "disconnect", "reason":
+                                              "refresh_requested",
+                                              "debug_info": {"host": "fake"}}))
+            else:
+                await ws.close(code=1001, message=b"going away")
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)  # pings from the SDK get pongs
+        await ws.prepare(request)
+        self.connections += 1
+        self._sockets.append(ws)
+        await ws.send_str(json.dumps({
+            "type": "hello", "num_connections": len(self._sockets),
+            "debug_info": {"host": "fake-slack", "build_number": 1,
+                           "approximate_connection_time": 18060},
+            "connection_info": {"app_id": APP}}))
+        # Envelopes nobody acknowledged are redelivered on the new connection, as retries.
+        for env in list(self._pending.values()):
+            if env in self.envelopes_sent:
+                env = dict(env, retry_attempt=env["retry_attempt"] + 1, retry_reason="timeout")
+                self._pending[env["envelope_id"]] = env
+            await self._send_envelope(ws, env)
+        await self._notify()
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                eid = data.get("envelope_id")
+                if eid and self.lose_acks:
+                    self.lost_acks.append(eid)
+                    await self._notify()
+                elif eid:
+                    self.acks.append(eid)
+                    self._pending.pop(eid, None)
+                    await self._notify()
+        finally:
+            self._sockets.remove(ws)
+            await self._notify()
+        return ws
+
+    # -- driving the app over the HTTP Events API -----------------------------------------
+    async def deliver_http(self, url: str, payload: dict[str, Any], *,
+                           retry_num: int | None = None, secret: str | None = None,
+                           timestamp: int | None = None) -> tuple[int, str]:
+        """POST a signed Events API request to the app as Slack does; returns (status, body)."""
+        body = json.dumps(payload)
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
+                   "X-Slack-Signature": sign(secret or self.signing_secret, ts, body)}
+        if retry_num is not None:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = "http_timeout"
+        async with aiohttp.ClientSession() as s, s.post(url, data=body.encode(),
+                                                         headers=headers) as r:
+            return r.status, await r.text()
+
+    # -- the Web API ----------------------------------------------------------------------
+    async def _web_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                args.update(await request.json())
+            else:
+                args.update(await request.post())
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        token = token or str(args.pop("token", ""))
+        self.calls.append((method, args))
+        if self.rate_limit.get(method, 0) > 0:
+            self.rate_limit[method] -= 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": "0"})
+        want = self.app_token if method == "apps.connections.open" else self.bot_token
+        if token != want:
+            return self._ok_false("invalid_auth" if token else "not_authed")
+        if method in self.fail:
+            return self._ok_false(self.fail[method])
+        handler = getattr(self, "api_" + method.replace(".", "_"), None)
+        if handler is None:
+            return self._ok_false("unknown_method")
+        result = await handler(args)
+        await self._notify()
+        if isinstance(result, str):
+            return self._ok_false(result)
+        return web.json_response({"ok": True, **result})
+
+    @staticmethod
+    def _ok_false(error: str) -> web.Response:
+        return web.json_response({"ok": False, "error": error})
+
+    async def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": "https://fake.slack.test/", "team": "Fake Team", "user": "assistant",
+                "team_id": TEAM, "user_id": self.bot_user_id, "bot_id": self.bot_id,
+                "is_enterprise_install": False}
+
+    async def api_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": f"ws://127.0.0.1:{self.port}/link/?ticket={uuid.uuid4().hex}"}
+
+    async def api_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        channel = str(args.get("channel") or "")
+        if not channel:
+            return "channel_not_found"
+        text = str(args.get("text") or "")
+        if not text:
+            return "no_text"
+        if len(text) > 40_000:
+            return "msg_too_long"
+        self.posts.append(dict(args))
+        ts = self.next_ts()
+        msg: dict[str, Any] = {"type": "message", "text": text,
+                               "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
+                               "app_id": APP, "team": TEAM,
+                               "bot_profile": {"id": self.bot_id, "name": "assistant",
+                                               "app_id": APP}}
+        if args.get("thread_ts"):
+            msg["thread_ts"] = str(args["thread_ts"])
+        self._record(channel, msg)
+        if self.echo_own_messages:
+            ev = dict(msg, channel=channel, event_ts=ts,
+                      channel_type="im" if channel.startswith("D") else "channel")
+            await self.send_event(ev)
+        return {"channel": channel, "ts": ts, "message": msg}
+
+    async def api_users_info(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        uid = str(args.get("user") or "")
+        u = self.users.get(uid)
+        if u is None:
+            return "user_not_found"
+        return {"user": {"id": uid, "team_id": TEAM, "name": u["name"], "deleted": False,
+                         "real_name": u["real_name"], "is_bot": False,
+                         "profile": {"real_name": u["real_name"],
+                                     "display_name": u["display_name"]}}}
+
+    async def api_conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        ch = str(args.get("channel") or "")
+        im = ch.startswith("D")
+        return {"channel": {"id": ch, "name": None if im else f"chan-{ch.lower()}",
+                            "is_channel": not im, "is_im": im, "is_member": True}}
+
+    async def api_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        ch, ts = str(args.get("channel") or ""), str(args.get("ts") or "")
+        msgs = [m for m in self.history.get(ch, [])
+                if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not msgs:
+            return "thread_not_found"
+        limit = int(args.get("limit") or 1000)
+        return {"messages": sorted(msgs, key=lambda m: float(m["ts"]))[:limit],
+                "has_more": False}
+
+    async def api_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.reactions.append(dict(args))
+        return {}
+
+    async def api_assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(dict(args))
+        return {}
