@@ -15,6 +15,10 @@ __all__ = ["Decision", "Engine", "EngineError", "load_engine"]
 
 def load_engine(settings: Settings, version: str | None = None) -> Engine:
     """Build the engine named by `model.backend` from validated settings."""
+    if settings.model.registry_dir:  # follow a model registry: load its active version
+        from bot.registry_watch import resolve_settings
+
+        settings, version = resolve_settings(settings, version)
     backend = settings.model.backend
     if backend == "transformers":
         from bot.engine.transformers_backend import TransformersEngine
