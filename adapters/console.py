@@ -121,6 +121,8 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       engine: Any = None) -> int:
     """`chimein console`: load the model, then chat on stdin/stdout."""
     from bot.cli import build_core
+    from bot.registry_watch import RegistryWatcher
+    from bot.retrain_job import wire_admin_commands
 
     out = out or sys.stdout
     if engine is None:
@@ -131,14 +133,22 @@ async def run_console(settings: Settings, store_path: str | None = None,
     if store_path:
         from bot.store import Store
 
-        store_cm = Store(store_path)
+        from dataclasses import replace
+
+        # the [store] section's consent default and retention, at the path asked for
+        store_cm = Store.from_settings(replace(settings.store, path=store_path))
     async with store_cm as store:
         core = build_core(settings, engine=engine, store=store)
-        async with core:
+        async with core, RegistryWatcher(core, settings) as watcher:
+            job = wire_admin_commands(core, watcher, settings)
             out.write("* chimein console: type 'name: message' (e.g. 'alice: hi'); "
                       "/who, /quit\n")
             out.flush()
-            await console_session(core, lines or _stdin_lines(), out)
+            try:
+                await console_session(core, lines or _stdin_lines(), out)
+            finally:
+                if job is not None:
+                    await job.close()
     return 0
 
 
