@@ -203,7 +203,8 @@ def test_retrain_promotes_first_then_gate_refuses_a_worse_model(
     assert not reg.read_metadata(root / second.version)["gate"]["promoted"]
 
     # the command prints the comparison table and exits 3 when the gate refuses
-    code = chimein(["retrain", "--registry", str(root), "--data", str(exported), "--starter",
+    code = chimein(["retrain", "--no-store", "--registry", str(root), "--data", str(exported),
+                    "--starter",
                     str(starter), "--from-scratch", "tiny", "--max-steps", "40", "--lr", "1e-2",
                     "--batch-size", "2", "--max-seq-len", "256",
                     "--device", "cpu", "--quiet"])
@@ -271,3 +272,47 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     log_file = jobs[0].log_file
     assert log_file is not None and "promoted v2" in log_file.read_text()
     assert log_file.parent == tmp_path / "data"
+
+
+@pytest.mark.slow
+def test_retrain_reads_the_store_by_default_and_marks_its_export_used(tmp_path: Path) -> None:
+    """`chimein retrain` with only a config: consented conversations come out of the store,
+    are trained on, and their export is marked used (forget no longer edits it)."""
+    import sqlite3
+
+    from bot.store import Store
+
+    store_path = tmp_path / "data" / "chimein.sqlite3"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[store]\npath = "{store_path}"\n[model]\nregistry_dir = '
+                   f'"{tmp_path / "models"}"\n', "utf-8")
+    starter = tmp_path / "starter"
+    _write(starter / "train.jsonl", [_conv(i, speak=i % 2 == 0) for i in range(6)])
+    _write(starter / "valid.jsonl", [_conv(i, speak=True) for i in range(100, 103)])
+    key = ConversationKey("test", "general")
+
+    async def log_chat() -> None:
+        async with Store(store_path) as s:
+            await s.set_channel_logging("test", "general", True)
+            for u in ("ann", "bob"):
+                await s.set_consent("test", u, True)
+            t = 1_000_000.0
+            for i in range(30):  # 10 conversations, an idle day between them
+                who = ("ann", "bob", "ann")[i % 3]
+                await s.record_message(Message(key, who, who.title(), f"line {i} of chat",
+                                               message_id=str(i),
+                                               ts=t + (i // 3) * 86400 + i * 60))
+
+    asyncio.run(log_chat())
+    code = chimein(["--config", str(cfg), "retrain", "--starter", str(starter),
+                    "--from-scratch", "tiny", "--max-steps", "4", "--batch-size", "2",
+                    "--max-seq-len", "256", "--device", "cpu", "--quiet"])
+    assert code in (0, 3)
+    root = tmp_path / "models"
+    (version,) = [p for p in root.iterdir() if p.is_dir()]
+    meta = reg.read_metadata(version)
+    assert meta["retrain"]["exported_train"] + meta["retrain"]["exported_valid"] == 10
+    con = sqlite3.connect(store_path)
+    used = con.execute("SELECT COUNT(*), COUNT(used_ts) FROM exports").fetchone()
+    con.close()
+    assert used == (1, 1)

@@ -352,8 +352,11 @@ def add_commands(sub: Any) -> None:
 
     sp = sub.add_parser("retrain", help="export consented conversations, mix with the starter "
                                         "data, train, evaluate, promote if not worse")
-    sp.add_argument("--data-from-store", action="store_true",
-                    help="export consented conversations from the store (store.path)")
+    sp.add_argument("--no-store", dest="data_from_store", action="store_false",
+                    help="do not export consented conversations from the store (store.path); "
+                         "by default they are exported and mixed in")
+    sp.add_argument("--data-from-store", dest="data_from_store", action="store_true",
+                    default=True, help=argparse.SUPPRESS)  # the default; kept for scripts
     sp.add_argument("--data", nargs="+", default=None, metavar="FILE",
                     help="already exported JSONL conversations to mix in")
     sp.add_argument("--no-starter", action="store_true", help="do not mix in the starter data")

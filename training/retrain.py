@@ -1,11 +1,12 @@
 """`chimein retrain`: consented conversations + starter data -> a new version, promoted only if
 it is not worse than the active one on the same validation sets.
 
-1. Export consented conversations (from the store, or already exported JSONL files) into a
-   temporary folder; split 10% off for validation, stratified by language. The copies are
+1. Export consented conversations (from the store at store.path unless --no-store, and any
+   already exported JSONL files given with --data) into a temporary folder; split 10% off for validation, stratified by language. The copies are
    deleted afterwards: only their hashes and counts go into metadata.json, so `forget` in the
    store is not undone by a stray copy in the models folder.
-2. Train a new version on starter train + exported train.
+2. Train a new version on starter train + exported train. The store's export is then marked
+   used: `forget` stops editing it (it is in a model now; the next retrain retires that model).
 3. Evaluate the new version and the active one on starter valid + exported valid.
 4. Gate: balanced accuracy not below the active one's by more than training.promote_margin,
    missed-address rate not higher. Promote (atomically switch `active`) only if it passes;
@@ -73,6 +74,19 @@ def export_from_store(settings: Any, out: Path) -> int:
     return asyncio.run(_run())
 
 
+def mark_export_used(settings: Any, path: Path) -> int:
+    """Tell the store that an export went into training (see `Store.mark_export_used`)."""
+    import asyncio
+
+    from bot.store import Store
+
+    async def _run() -> int:
+        async with Store.from_settings(settings.store) as store:
+            return await store.mark_export_used(path)
+
+    return asyncio.run(_run())
+
+
 def _load(paths: Sequence[str | Path]) -> list[Example]:
     loaded = read_files(paths)
     for e in loaded.errors:
@@ -111,7 +125,11 @@ def retrain(settings: Any, *, registry: Path, exported: Sequence[str] = (),
     with tempfile.TemporaryDirectory(prefix="chimein-retrain-") as tmp:
         tmpdir = Path(tmp)
         sources: list[str | Path] = list(exported)
-        if from_store:
+        dump: Path | None = None
+        if from_store and not Path(settings.store.path).exists():
+            print(f"no message store at {settings.store.path} yet: nothing logged to export "
+                  "(training on the other data only)", file=sys.stderr)
+        elif from_store:
             dump = tmpdir / "store-export.jsonl"
             n = export_from_store(settings, dump)
             print(f"exported {n} consented conversation(s) from the store", file=sys.stderr)
@@ -149,6 +167,8 @@ def retrain(settings: Any, *, registry: Path, exported: Sequence[str] = (),
                            progress=progress)
         except TrainError as e:
             raise RetrainError(str(e)) from e
+        if dump is not None:  # now in a model: `forget` can no longer edit it, retraining can
+            mark_export_used(settings, dump)
         valid_examples = _load(valid_files)
         data_record["train_seconds"] = round(result.train_seconds, 2)
 
