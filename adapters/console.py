@@ -27,7 +27,7 @@ from bot.transcript import read_jsonl
 
 log = logging.getLogger(__name__)
 
-_LINE = re.compile(r"^\s*([^:：\s][^:：]{0,40}?)\s*[:：]\s?(.*)$", re.S)
+_LINE = re.compile(r"^\s*([^:：\s][^:：]{0,40}?)\s*[:：]\s?(.*)$", re.DOTALL)
 
 
 class ConsoleAdapter:
@@ -131,9 +131,9 @@ async def run_console(settings: Settings, store_path: str | None = None,
         engine = await _load_engine(settings)
     store_cm: Any = contextlib.nullcontext(None)
     if store_path:
-        from bot.store import Store
-
         from dataclasses import replace
+
+        from bot.store import Store
 
         # the [store] section's consent default and retention, at the path asked for
         store_cm = Store.from_settings(replace(settings.store, path=store_path))

@@ -21,8 +21,17 @@ from typing import Any, Protocol
 
 from bot.config import BotSettings, RuntimeSettings
 from bot.engine.base import Decision, Engine
-from bot.message import (ConversationKey, Deletion, Edit, Event, Message, Reaction, Reply, Turn,
-                         assistant)
+from bot.message import (
+    ConversationKey,
+    Deletion,
+    Edit,
+    Event,
+    Message,
+    Reaction,
+    Reply,
+    Turn,
+    assistant,
+)
 from bot.policy import Policy
 from bot.sessions import SessionStore
 

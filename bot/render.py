@@ -194,7 +194,7 @@ class Renderer:
             self._spans_text(probe_system)
             log.info("chat template does not take a system turn as a prefix-stable turn (%s): "
                      "folding system text into the first user turn", first_error)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TemplateError(
                 f"this chat template does not keep earlier turns unchanged when a turn is "
                 f"added, so the silence decision and the loss mask cannot be computed "

@@ -116,7 +116,7 @@ async def test_replay_gold_history_uses_the_files_answers(tmp_path, tiny_lm, tin
     text = out.getvalue()
     assert "=== conversation 0 (line 1, id c0) ===" in text
     # after gold replay the history holds the file's answer, not the model's
-    from bot.render import with_silences, from_records
+    from bot.render import from_records, with_silences
     # p_silence of the last turn equals a from-scratch score of the gold history
     gold_turns = with_silences(from_records([
         {"role": "user", "name": "Ann", "content": "hi all"},

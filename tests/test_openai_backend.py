@@ -33,7 +33,7 @@ def serve(lm: Any, echo: bool) -> tuple[ThreadingHTTPServer, list[dict[str, Any]
         def log_message(self, *a: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(body)
             if self.path != "/v1/completions" or not isinstance(body.get("prompt"), list):

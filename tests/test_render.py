@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from bot.message import Turn, assistant, user
-from bot.render import (RESPONSE, SILENCE, Renderer, TemplateError, from_records,
-                        strip_markers, to_records, with_silences)
+from bot.render import (
+    RESPONSE,
+    SILENCE,
+    Renderer,
+    TemplateError,
+    from_records,
+    strip_markers,
+    to_records,
+    with_silences,
+)
 from tests.templates import BREAKS_PREFIX, SPECIAL, STYLES
 
 TEXTS = [

@@ -56,7 +56,7 @@ def build_model(tokenizer: Any, hidden: int = 64, layers: int = 2, heads: int = 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 types its kwargs loosely
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,

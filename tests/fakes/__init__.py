@@ -3,11 +3,36 @@ plus in-memory stand-ins for the core's store and commands seams used by the ada
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from bot.engine.base import Decision
 from bot.message import ConversationKey, Deletion, Edit, Message, Reaction, Turn
+
+
+class FakeServer:
+    """What both fake servers share: `posts` (what the bot posted, in order) and waiting for a
+    condition on their state, re-checked on every change (`_notify`)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `predicate()` holds (re-checked on every change), or fail the test."""
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_posts(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        await self.wait_for(lambda: len(self.posts) >= n, timeout)
+        return self.posts
 
 
 class RecordingStore:

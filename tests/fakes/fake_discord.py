@@ -19,18 +19,18 @@ Messages the bot creates are echoed back as MESSAGE_CREATE, as Discord does.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
 import json
 import time
 import uuid
 import zlib
-from collections.abc import Callable
 from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes import FakeServer
 
 DISCORD_EPOCH = 1420070400000
 MESSAGE_CONTENT = 1 << 15
@@ -78,9 +78,10 @@ class _Session:
         self.events: list[dict[str, Any]] = []  # every dispatch, for RESUME replays
 
 
-class FakeDiscord:
+class FakeDiscord(FakeServer):
     def __init__(self, *, token: str = "fake.discord.token", refuse_intents: bool = False,
                  heartbeat_ms: int = 1000):
+        super().__init__()
         self.token = token
         self.refuse_intents = refuse_intents
         self.heartbeat_ms = heartbeat_ms
@@ -105,7 +106,6 @@ class FakeDiscord:
         }
         self.nicks = {"bob": "Bobby Tables"}  # a guild nickname wins over the global name
         self.messages: dict[int, list[dict[str, Any]]] = {}
-        self.posts: list[dict[str, Any]] = []  # JSON bodies the bot POSTed to /messages
         self.typing: list[int] = []
         self.callbacks: list[dict[str, Any]] = []
         self.synced_commands: list[dict[str, Any]] = []
@@ -122,7 +122,6 @@ class FakeDiscord:
         self._ws: web.WebSocketResponse | None = None
         self._zlib: Any = None
         self._ready = False  # identified/resumed on the current connection
-        self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
         starter = self._message_payload(self.general, "ann", "release checklist thread",
@@ -163,20 +162,6 @@ class FakeDiscord:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
     # -- waiting --------------------------------------------------------------------------
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(predicate)
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_posts(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        await self.wait_for(lambda: len(self.posts) >= n, timeout)
-        return self.posts
-
     async def wait_ready(self, timeout: float = 5.0) -> None:
         await self.wait_for(lambda: self._ready, timeout)
 

@@ -18,18 +18,18 @@ Messages the bot posts are echoed back as `message` events, as Slack does.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes import FakeServer
 
 TEAM = "T0FAKE01"
 APP = "A0FAKE01"
@@ -47,11 +47,12 @@ def sign(secret: str, timestamp: str, body: str) -> str:
     return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
     def __init__(self, *, bot_token: str = "xoxb-fake-bot", app_token: str = "xapp-fake-app",
                  signing_secret: str = "fake-signing-secret", bot_user_id: str = "U0BOT",
                  bot_id: str = "B0BOT", users: dict[str, dict[str, Any]] | None = None,
                  echo_own_messages: bool = True):
+        super().__init__()
         self.bot_token = bot_token
         self.app_token = app_token
         self.signing_secret = signing_secret
@@ -60,7 +61,6 @@ class FakeSlack:
         self.users = dict(DEFAULT_USERS if users is None else users)
         self.echo_own_messages = echo_own_messages
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.posts: list[dict[str, Any]] = []  # chat.postMessage arguments, in order
         self.statuses: list[dict[str, Any]] = []
         self.reactions: list[dict[str, Any]] = []
         self.history: dict[str, list[dict[str, Any]]] = {}  # channel -> messages
@@ -74,7 +74,6 @@ class FakeSlack:
         self._pending: dict[str, dict[str, Any]] = {}  # envelope_id -> envelope, not yet acked
         self._sockets: list[web.WebSocketResponse] = []
         self._ts = itertools.count(1)
-        self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -108,21 +107,6 @@ class FakeSlack:
         return f"http://127.0.0.1:{self.port}/api/"
 
     # -- waiting --------------------------------------------------------------------------
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until `predicate()` holds (re-checked on every change), or fail the test."""
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(predicate)
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_posts(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        await self.wait_for(lambda: len(self.posts) >= n, timeout)
-        return self.posts
-
     async def wait_acked(self, event_id: str, timeout: float = 5.0) -> None:
         """Until the latest delivery of `event_id` is acknowledged."""
         def done() -> bool:
