@@ -34,7 +34,7 @@ demo: setup
 	$(PY) -m training.demo
 
 lint: setup
-	$(PY) -m ruff check bot adapters training tests
+	$(PY) -m ruff check bot adapters training tests benchmarks
 
 typecheck: setup
 	$(PY) -m mypy

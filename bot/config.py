@@ -97,7 +97,7 @@ class PolicySettings:
     dm_mode: str = _opt("always", choices=("mention", "semi-active", "always"))
     cooldown_max_chimeins: int = _opt(3, lo=0, hi=10_000)
     cooldown_window_seconds: float = _opt(600.0, lo=0, hi=86400 * 7)
-    channels: dict[str, ChannelPolicy] = _opt(factory=dict)
+    channels: dict[str, ChannelPolicy] = _opt(factory=dict)  # noqa: RUF009 - a field()
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ class Settings:
     def require_secret(self, name: str, what: str) -> str:
         value = self.secret(name)
         if value is None:
-            raise ConfigError([f"{what} needs the environment variable {name}; set it "
-                               f"(export {name}=...) or disable {what} in the config"],
+            raise ConfigError([(f"{what} needs the environment variable {name}; set it "
+                                f"(export {name}=...) or disable {what} in the config")],
                               self.source)
         return value
 
@@ -213,7 +213,7 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
             return None
         return {k: _build(args[1], v, f"{key}.{k}", errors) for k, v in value.items()}
     if args and type(None) in args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         return _coerce(value, inner, key, errors)
     if tp is bool:
         if not isinstance(value, bool):
@@ -287,9 +287,7 @@ def _cross_checks(s: Settings) -> list[str]:
     if s.model.quantize == "nf4" and s.model.backend != "transformers":
         errors.append("model.quantize = 'nf4' works only with model.backend = 'transformers' "
                       "(OpenVINO quantizes at export time: `chimein export --weights int4`)")
-    if not s.bot.wake_words and s.policy.mode != "always":
-        pass  # allowed: only platform mentions address the bot
-    for ch, pol in s.policy.channels.items():
+    for ch in s.policy.channels:  # an empty wake_words is fine: then only mentions address
         if ":" not in ch:
             errors.append(f"policy.channels.{ch}: channel keys look like 'slack:C123' or "
                           f"'discord:123456' (platform:channel)")
@@ -305,8 +303,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     p = Path(path or os.environ.get("CHIMEIN_CONFIG", DEFAULT_CONFIG))
     if not p.exists():
         if explicit:
-            raise ConfigError([f"config file not found: {p} (copy config.toml from the repo "
-                               "or pass --config PATH)"], str(p))
+            raise ConfigError([(f"config file not found: {p} (copy config.toml from the repo "
+                                "or pass --config PATH)")], str(p))
         return Settings()
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))

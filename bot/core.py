@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from bot.config import BotSettings, RuntimeSettings
 from bot.engine.base import Decision, Engine
@@ -129,7 +129,7 @@ class Core:
         self._swapping = False
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def __aenter__(self) -> Core:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

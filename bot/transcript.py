@@ -45,17 +45,18 @@ def parse_line(text: str) -> Conversation:
         conv_id = None if obj.get("id") is None else str(obj["id"])
         raw_tags = obj.get("tags") or []
         if not isinstance(raw_tags, list):
-            raise ValueError("\"tags\" must be a list")
+            raise ValueError("\"tags\" must be a list")  # noqa: TRY004 - reported as a bad line
         tags = tuple(str(t) for t in raw_tags)
         obj = obj["messages"]
     if not isinstance(obj, list):
-        raise ValueError(f"expected a list of messages, got {type(obj).__name__}")
+        raise ValueError(f"expected a list of messages, got {type(obj).__name__}")  # noqa: TRY004
     if not obj:
         raise ValueError("empty conversation")
     records = []
     for i, item in enumerate(obj):
         if not isinstance(item, dict):
-            raise ValueError(f"message {i}: expected an object, got {type(item).__name__}")
+            raise ValueError(  # noqa: TRY004 - every problem of a line is a ValueError
+                f"message {i}: expected an object, got {type(item).__name__}")
         role = item.get("role")
         if role not in ROLES:
             raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(ROLES)}")

@@ -135,10 +135,10 @@ def test_replay_cli_subprocess(tmp_path, tiny_model_dir) -> None:  # type: ignor
     f = write_jsonl(tmp_path / "chats.jsonl")
     r = subprocess.run([sys.executable, "-m", "bot.cli", "replay", str(f), "--model",
                         str(tiny_model_dir), "--json", "--limit", "1"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+                       check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3
     r = subprocess.run([sys.executable, "-m", "bot.cli", "replay", str(f), "--model",
-                        str(tmp_path / "missing")], capture_output=True, text=True,
+                        str(tmp_path / "missing")], check=False, capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -126,7 +126,7 @@ async def test_error_in_one_conversation_never_stops_the_others(queue_adapter, c
         return 0.9
 
     eng = ScriptedEngine(script=script)
-    core, records = make_core(eng)
+    core, _ = make_core(eng)
     core.add_adapter(queue_adapter)
     async with core:
         await core.handle(msg(K1, "Ann", "assistant, boom", 1))
@@ -159,7 +159,7 @@ async def test_inference_runs_off_the_event_loop_on_one_worker(queue_adapter) ->
 
 
 async def test_events_without_store_and_huge_odd_messages(queue_adapter) -> None:  # type: ignore[no-untyped-def]
-    core, records = make_core(ScriptedEngine())
+    core, _ = make_core(ScriptedEngine())
     core.add_adapter(queue_adapter)
     async with core:
         await core.handle(Deletion(K1, "x"))
@@ -175,7 +175,7 @@ async def test_events_without_store_and_huge_odd_messages(queue_adapter) -> None
 async def test_swap_engine_keeps_queued_messages(queue_adapter) -> None:  # type: ignore[no-untyped-def]
     old = ScriptedEngine(delay=0.1, version="v1", answer=lambda t: "old")
     new = ScriptedEngine(version="v2", answer=lambda t: "new")
-    core, records = make_core(old)
+    core, _ = make_core(old)
     core.add_adapter(queue_adapter)
     async with core:
         await core.handle(msg(K1, "Ann", "assistant, one", 1))

@@ -55,7 +55,7 @@ def test_importing_bot_loads_no_heavy_module() -> None:
     code = ("import sys, bot.cli, bot.core, bot.engine, bot.render, bot.policy, bot.config; "
             "print(sorted(m for m in ('torch','transformers','peft','trl','slack_bolt',"
             "'discord') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
