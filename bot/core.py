@@ -219,7 +219,11 @@ class Core:
                 turns.append(self._turn(m))  # context only: other bots are never answered
                 continue
             is_addr = self.policy.is_addressed(m)
-            if is_addr and self.commands is not None:
+            # "assistant optin" is no address by the wake-word rules (that would make
+            # "assistant manager" one), but a whole message that is a command after the wake
+            # word is a command.
+            if self.commands is not None and (
+                    is_addr or self.policy.addressing.leads_with_wake_word(m.text)):
                 answer = await self.commands.handle(
                     m, self.policy.addressing.strip_address(m.text))
                 if answer is not None:

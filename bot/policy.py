@@ -69,6 +69,12 @@ class Addressing:
         tail = text[-300:] if len(text) > 2000 else ""
         return any(p.search(head) or (tail and p.search(tail)) for p in self._patterns)
 
+    def leads_with_wake_word(self, text: str) -> bool:
+        """The message starts with a wake word ("assistant optin"), address or not: where the
+        rest is exactly a command, it is one (the command parser decides)."""
+        return any(re.match(rf"^\s*@?{re.escape(w)}(?![\w'’-])", text, re.IGNORECASE)
+                   for w in self.wake_words)
+
     def strip_address(self, text: str) -> str:
         """The message without its leading address: "assistant, optin" -> "optin"."""
         for w in self.wake_words:

@@ -211,3 +211,14 @@ async def test_commands_through_the_console_adapter(tmp_path: Path) -> None:
         == [("alice", "hello there")]
     assert con.execute("SELECT COUNT(*) FROM messages WHERE role = 'gap'").fetchone() == (1,)
     con.close()
+
+
+async def test_wake_word_then_a_command_is_a_command_without_punctuation(chat: Chat) -> None:
+    """"assistant optin" is no address by the wake-word rules, but a whole command after the
+    wake word is a command; "assistant status page is down" stays ordinary conversation."""
+    assert "opted in" in (await chat.say("ann", "assistant optin") or "")
+    assert chat.rows("SELECT user_id FROM consent") == [("ann",)]
+    assert "Logging is on" in (await chat.say("admin", "Assistant logging on") or "")
+    # not a command after the wake word, and no address: the scripted engine stays silent
+    assert await chat.say("bob", "assistant status page is down again") is None
+    assert await chat.say("bob", "assistant manager said hi") is None
