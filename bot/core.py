@@ -337,6 +337,16 @@ class Core:
                     raise
         return text, decision, reason, engine.version
 
+    async def announce(self, key: ConversationKey, text: str,
+                       trigger: Message | None = None) -> str | None:
+        """Post a notice that is not conversation (the end of an admin's retrain): it goes to
+        the platform but not into the model's history. Returns the platform's message id."""
+        try:
+            return await self._post(key, text, trigger, addressed=trigger is not None)
+        except Exception:  # a notice must never break its caller
+            log.exception("posting a notice to %s failed", key)
+            return None
+
     async def _post(self, key: ConversationKey, text: str, trigger: Message | None,
                     addressed: bool) -> str | None:
         adapter = self.adapters.get(key.platform)

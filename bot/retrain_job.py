@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ class RetrainJob:
         self.argv = list(argv) if argv is not None else retrain_argv(settings)
         self.log_dir = Path(log_dir) if log_dir is not None \
             else Path(settings.store.path).resolve().parent
+        # Called with (the admin's message, a one-line outcome) when a retrain ends.
+        self.announce: Callable[[Message, str], Awaitable[object]] | None = None
         self.task: asyncio.Task[int] | None = None
         self.log_file: Path | None = None
         self.returncode: int | None = None
@@ -65,14 +67,29 @@ class RetrainJob:
             out.close()
             return f"Retraining could not start: {e}"
         self.returncode = None
-        self.task = asyncio.create_task(self._wait(proc, out), name="chimein:retrain")
+        self.task = asyncio.create_task(self._wait(proc, out, msg), name="chimein:retrain")
         log.info("retrain started (pid %d), log %s", proc.pid, self.log_file)
         switch = ("I'll switch to the new model if it passes the checks"
                   if self.watcher is not None and self.watcher.registry_dir
                   else "set model.registry_dir so the bot picks the new version up")
         return f"Retraining started (log: {self.log_file}); {switch}."
 
-    async def _wait(self, proc: asyncio.subprocess.Process, out: Any) -> int:
+    def outcome(self) -> str:
+        """One line on how the last retrain ended, from its exit status and log."""
+        lines: list[str] = []
+        if self.log_file is not None and self.log_file.exists():
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        verdict = next((ln for ln in reversed(lines) if ln.startswith(("PROMOTED", "NOT PROMOTED",
+                                                                        "error:"))), None)
+        if self.returncode in (0, 3):  # 3: trained and compared, the gate refused it
+            return f"Retrain finished: {verdict or 'done'}."
+        detail = verdict or (lines[-1] if lines else "no output")
+        return (f"Retrain ended with exit status {self.returncode}: {detail} "
+                f"(log: {self.log_file}).")
+
+    async def _wait(self, proc: asyncio.subprocess.Process, out: Any,
+                    msg: Message | None = None) -> int:
         try:
             rc = await proc.wait()
         except asyncio.CancelledError:
@@ -88,6 +105,8 @@ class RetrainJob:
             log.warning("retrain failed with exit status %d; see %s", rc, self.log_file)
         if self.watcher is not None and self.watcher.registry_dir:
             await self.watcher.check()  # promoted or not, the pointer says what to serve
+        if self.announce is not None and msg is not None:
+            await self.announce(msg, self.outcome())
         return rc
 
     async def close(self) -> None:
@@ -109,6 +128,11 @@ def wire_admin_commands(core: Any, watcher: RegistryWatcher, settings: Settings,
     async def on_reload(msg: Message) -> str:
         return await watcher.reload()
 
+    async def announce(msg: Message, text: str) -> None:
+        await core.announce(msg.key, text, msg)
+
     commands.on_reload = on_reload
     commands.on_retrain = job.start
+    if job.announce is None:
+        job.announce = announce
     return job

@@ -236,7 +236,7 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     argv = retrain_job.retrain_argv(s)
     assert argv[1:] == ["-m", "bot.cli", "retrain", "--data-from-store", "--quiet"]
     child = (f"from training import registry; registry.activate({str(root)!r}, 'v2'); "
-             "print('promoted v2')")
+             "print('a table'); print('PROMOTED: v2 is now active')")
     jobs: list[retrain_job.RetrainJob] = []
     real_job = retrain_job.RetrainJob
 
@@ -270,7 +270,9 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     assert "Retraining started (log: " in text and "if it passes the checks" in text
     assert "reloaded: now serving v2" in text  # the finished retrain had already swapped
     log_file = jobs[0].log_file
-    assert log_file is not None and "promoted v2" in log_file.read_text()
+    assert log_file is not None and "PROMOTED: v2" in log_file.read_text()
+    # the admin hears how it ended, in the chat where they asked
+    assert "assistant: Retrain finished: PROMOTED: v2 is now active." in text
     assert log_file.parent == tmp_path / "data"
 
 
@@ -316,3 +318,28 @@ def test_retrain_reads_the_store_by_default_and_marks_its_export_used(tmp_path: 
     used = con.execute("SELECT COUNT(*), COUNT(used_ts) FROM exports").fetchone()
     con.close()
     assert used == (1, 1)
+
+
+async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None:
+    import sys
+
+    from bot.message import Message
+    from bot.retrain_job import RetrainJob
+
+    s = config.parse({"store": {"path": str(tmp_path / "s.sqlite3")}})
+    told: list[str] = []
+    job = RetrainJob(s, None, argv=[sys.executable, "-c", "import sys; print('error: no base "
+                                    "model: set training.base_model'); sys.exit(2)"])
+
+    async def announce(msg: Message, text: str) -> None:
+        told.append(text)
+
+    job.announce = announce
+    msg = Message(ConversationKey("test", "c"), "admin", "Admin", "retrain", message_id="1")
+    first = await job.start(msg)
+    assert first.startswith("Retraining started") and "registry_dir" in first
+    assert (await job.start(msg)).startswith("A retrain is already running")
+    assert job.task is not None
+    assert await asyncio.wait_for(job.task, timeout=60) == 2
+    assert told == [f"Retrain ended with exit status 2: error: no base model: set "
+                    f"training.base_model (log: {job.log_file})."]
