@@ -328,8 +328,8 @@ async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None
 
     s = config.parse({"store": {"path": str(tmp_path / "s.sqlite3")}})
     told: list[str] = []
-    job = RetrainJob(s, None, argv=[sys.executable, "-c", "import sys; print('error: no base "
-                                    "model: set training.base_model'); sys.exit(2)"])
+    child = "import sys; print('error: no base model: set training.base_model'); sys.exit(2)"
+    job = RetrainJob(s, None, argv=[sys.executable, "-c", child])
 
     async def announce(msg: Message, text: str) -> None:
         told.append(text)
@@ -341,5 +341,6 @@ async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None
     assert (await job.start(msg)).startswith("A retrain is already running")
     assert job.task is not None
     assert await asyncio.wait_for(job.task, timeout=60) == 2
-    assert told == [f"Retrain ended with exit status 2: error: no base model: set "
-                    f"training.base_model (log: {job.log_file})."]
+    want = ("Retrain ended with exit status 2: error: no base model: set training.base_model "
+            f"(log: {job.log_file}).")
+    assert told == [want]
