@@ -128,18 +128,21 @@ async def run_all(settings: Settings, *, engine: Any = None,
         print("nothing to run: enable an adapter in the config ([slack] enabled = true or "
               "[discord] enabled = true)", file=sys.stderr)
         return 2
-    if engine is None:
-        from bot.engine import load_engine
-
-        log.info("loading model %s", settings.model.path or settings.model.registry_dir)
-        engine = await asyncio.to_thread(load_engine, settings)
     stop = stop or asyncio.Event()
     from bot.cli import build_core
     from bot.registry_watch import RegistryWatcher
     from bot.retrain_job import wire_admin_commands
 
     rc = 0
-    with _signals_set(stop):
+    with _signals_set(stop):  # a SIGTERM while the model loads is a clean stop too
+        if engine is None:
+            from bot.engine import load_engine
+
+            log.info("loading model %s", settings.model.path or settings.model.registry_dir)
+            engine = await asyncio.to_thread(load_engine, settings)
+        if stop.is_set():
+            log.info("stopped before starting")
+            return 0
         async with _open_store(settings) as store:
             core = build_core(settings, engine=engine, store=store)
             adapters: list[RunnableAdapter] = []

@@ -366,6 +366,8 @@ class SlackAdapter:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
         self._status_supported = True
+        self._status_off: set[str] = set()  # channels whose threads refused a status
+        self._inflight: dict[str, asyncio.Future[bool]] = {}
         self._closed = asyncio.Event()
         self.duplicates = 0
         self.handled = 0
@@ -459,16 +461,33 @@ class SlackAdapter:
     async def _on_event(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """bolt listener for every subscribed event (arguments are injected by name)."""
         event_id = body.get("event_id")
-        if event_id and not self._events.add(event_id):
+        if not event_id:
+            await self._handle_event(event)
+            return
+        # A redelivery that arrives while the first delivery is still being handled waits for
+        # it: acknowledging it at once would lose the event if the first one then failed
+        # (Slack does not retry an acknowledged delivery).
+        while (pending := self._inflight.get(event_id)) is not None:
+            if await asyncio.shield(pending):
+                self.duplicates += 1
+                log.debug("slack: event %s redelivered while handled; handled once", event_id)
+                return
+        if event_id in self._events:
             self.duplicates += 1
             log.debug("slack: event %s redelivered; already handled", event_id)
             return
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inflight[event_id] = done
         try:
             await self._handle_event(event)
         except BaseException:
-            if event_id:
-                self._events.discard(event_id)  # not handled: let Slack's retry through
+            done.set_result(False)  # not handled: a waiting or later retry gets through
             raise
+        else:
+            self._events.add(event_id)
+            done.set_result(True)
+        finally:
+            self._inflight.pop(event_id, None)
 
     async def _handle_event(self, event: Mapping[str, Any]) -> None:
         channel = str(event.get("channel") or (event.get("item") or {}).get("channel") or "")
@@ -489,8 +508,13 @@ class SlackAdapter:
                     return
                 if ev.key.thread and self.core.sessions.peek(ev.key) is None:
                     await self._seed_thread(ev)
+            try:
+                await self.core.handle(ev)
+            except BaseException:
+                if isinstance(ev, Message):  # not handled: its retry must not look like a repeat
+                    self._messages.discard((ev.key.channel, ev.message_id))
+                raise
             self.handled += 1
-            await self.core.handle(ev)
 
     async def _seed_thread(self, msg: Message) -> None:
         """A thread new to the bot: its earlier messages (the parent first) become context, so
@@ -568,7 +592,7 @@ class SlackAdapter:
         """Slack has no typing indicator for bots outside AI-app threads: there,
         assistant.threads.setStatus shows one; elsewhere this is silently nothing."""
         shown = False
-        if key.thread and self._status_supported:
+        if key.thread and self._status_supported and key.channel not in self._status_off:
             try:
                 await self.client.assistant_threads_setStatus(
                     channel_id=key.channel, thread_ts=key.thread, status=STATUS_TEXT)
@@ -579,7 +603,8 @@ class SlackAdapter:
                            "method_deprecated", "invalid_arguments"):
                     self._status_supported = False  # this app cannot: stop asking
                     log.info("slack: no status indicator (%s); answering without one", err)
-                else:
+                else:  # e.g. an ordinary (non-AI-app) thread: stop asking in this channel
+                    self._status_off.add(key.channel)
                     log.debug("slack: setStatus failed in %s: %s", key, err)
         try:
             yield

@@ -295,3 +295,40 @@ async def test_http_events_api_signed_retried_and_forged() -> None:
             await asyncio.wait_for(core.flush(), 5)
             assert [p["text"] for p in fake.posts] == ["echo: assistant, over http?"]
             assert adapter.duplicates == 1
+
+
+async def test_retry_during_a_failing_first_delivery_is_not_lost() -> None:
+    """Slack retries an event whose acknowledgement is late. If that retry arrives while the
+    first delivery is still being handled and the first then fails (here: the store's disk
+    write fails once), the retry must be handled, not acknowledged as a duplicate: Slack
+    never sends an acknowledged event again."""
+
+    class FailingOnceStore(RecordingStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        async def record_message(self, msg):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            await asyncio.sleep(0.3)  # a slow disk: the retry arrives meanwhile
+            if self.calls == 1:
+                raise OSError("disk I/O error")
+            return await super().record_message(msg)
+
+    async with FakeSlack(echo_own_messages=False) as fake:
+        core, adapter, _ = await make_env(fake, mode="http", http_host="127.0.0.1",
+                                            http_port=0, http_path="/slack/events")
+        store = core.store = FailingOnceStore()
+        async with core, adapter:
+            url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
+            payload = fake.callback_body(fake.message_event(GENERAL, ANN, "assistant, still?"),
+                                         "Ev0FLAKY1")
+            first = asyncio.create_task(fake.deliver_http(url, payload))
+            await asyncio.sleep(0.1)
+            retry = asyncio.create_task(fake.deliver_http(url, payload, retry_num=1))
+            (s1, _), (s2, _) = await asyncio.wait_for(asyncio.gather(first, retry), 10)
+            assert s1 != 200 and s2 == 200  # the failed one was not acknowledged
+            await asyncio.wait_for(core.flush(), 5)
+            assert [p["text"] for p in fake.posts] == ["echo: assistant, still?"]
+            assert [m.text for m in store.messages] == ["assistant, still?"]
+            assert adapter.duplicates == 0
