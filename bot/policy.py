@@ -23,6 +23,7 @@ _GREETING = r"(?:hey|hi|hello|ok|okay|yo|oi|dear|please|so|well|and|but|嘿|喂|
 # "assistant what's ...", "assistant can you ...", "assistant, ..." is covered by punctuation.
 _ADDRESS_NEXT = (r"(?:what|what's|whats|how|why|when|where|who|which|whose|can|could|would|"
                  r"will|should|shall|do|does|did|is|are|was|were|have|has|please|pls|tell|give|"
+                 r"didn't|doesn't|isn't|wasn't|aren't|won't|can't|couldn't|wouldn't|"
                  r"show|help|translate|convert|summari[sz]e|remind|explain|find|check|list|"
                  r"write|calculate|compute|define|i|we|you|quick|any|any1|thoughts|thanks|"
                  r"thank)\b")
@@ -41,6 +42,10 @@ def _wake_patterns(word: str) -> list[re.Pattern[str]]:
         rf"^\s*(?:{_GREETING}\s*[,，]?\s*)?{b0}{w}{b1}\s*{_PUNCT}",  # "assistant, ..." / "hey assistant: ..."
         rf"^\s*{_GREETING}\s*[,，]?\s*{b0}{w}{b1}",  # "hey assistant ..." / "ok assistant what's"
         rf"^\s*{b0}{w}{b1}\s+{_ADDRESS_NEXT}",  # "assistant what's ..."
+        # a new sentence that is an address: "ok, real question. assistant, how ..."
+        rf"[.!?。！？…]\s*(?:{_GREETING}\s*[,，]?\s*)?{b0}{w}{b1}\s*{_PUNCT}",
+        rf"[.!?。！？…]\s*{b0}{w}{b1}\s+{_ADDRESS_NEXT}",  # "... right? assistant what's 60?"
+        rf"^\s*{b0}{w}{b1}\s+and\b.*[?？]\s*$",  # a follow-up: "assistant and the integral?"
         rf"{_PUNCT}\s*(?:{_GREETING}\s+)?{b0}{w}{b1}\s*[?？!！.。]*\s*$",  # "..., assistant?"
         rf"(?:^|[.!?。！？…]\s*)(?:hey|hi|hello|ok|okay|yo)\s+{b0}{w}{b1}",  # "... hey assistant"
         rf"(?<!\w)(?:hey|hi|hello|yo)\s+{b0}{w}{b1}\s*{_PUNCT}",  # "so... hey assistant, q"

@@ -24,6 +24,12 @@ ADDRESSED = [
     "嘿助手你知道吗",
     "问下助手：这个怎么弄",
     "助手 帮我查下",
+    # a new sentence that addresses it, and follow-ups (from the starter data)
+    "ok real question. assistant, how do in-text citations differ between MLA and APA?",
+    "back to Q3. assistant, how many weeks are in Q3?",
+    "grandma and grandpa hit 60 years next year right? assistant what's 60?",
+    "assistant and the integral of 1/x?",
+    "assistant didn't it win an oscar too?",
 ]
 IN_PASSING = [
     "my assistant manager is out today",
@@ -33,6 +39,9 @@ IN_PASSING = [
     "the PR assistant bot is broken again",
     "Assistant managers get the parking spots",
     "ask the teaching assistant",
+    "Assistant and manager roles are posted on the board",
+    "we met the new hire. assistant managers get keys on day one",
+    "she was promoted. assistant director now!",
     "手机上的语音助手又乱响",
     "我们新来的助手小刘很靠谱",
     "智能助手这个词太泛了",
