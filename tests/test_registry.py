@@ -319,6 +319,20 @@ def test_retrain_reads_the_store_by_default_and_marks_its_export_used(tmp_path: 
     con.close()
     assert used == (1, 1)
 
+    # The first version is active (nothing to compare with). Retraining with no model named
+    # follows the active one's recipe: from scratch, the tiny preset, its size; flags win.
+    assert reg.active(root) == version.name
+    code = chimein(["--config", str(cfg), "retrain", "--starter", str(starter),
+                    "--max-steps", "2", "--device", "cpu", "--quiet"])
+    assert code in (0, 3)
+    (second,) = [p for p in root.iterdir() if p.is_dir() and p != version]
+    hp1 = meta["hyperparameters"]
+    hp2 = reg.read_metadata(second)["hyperparameters"]
+    assert hp2["from_scratch"] == "tiny" and hp2["max_steps"] == 2
+    assert hp2["learning_rate"] == 2e-3 and hp2["epochs"] == hp1["epochs"] == 8.0
+    assert [hp2[k] for k in ("hidden", "layers", "heads", "vocab_size")] \
+        == [hp1[k] for k in ("hidden", "layers", "heads", "vocab_size")]
+
 
 async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None:
     import sys

@@ -52,17 +52,18 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for w in loaded.warnings:
         print(f"warning: {w}", file=sys.stderr)
     renderer = None
-    if args.tokenizer:
+    settings = _settings(args)
+    tokenizer = args.tokenizer or settings.model.path  # the model the bot serves, if set
+    if tokenizer:
         from transformers import AutoTokenizer
 
         from bot.render import Renderer
 
         try:
-            tok = AutoTokenizer.from_pretrained(args.tokenizer)
+            tok = AutoTokenizer.from_pretrained(tokenizer)
         except (OSError, ValueError) as e:
-            return _err(f"cannot load tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}")
+            return _err(f"cannot load tokenizer {tokenizer!r}: {str(e).splitlines()[0]}")
         renderer = Renderer(tok)
-    settings = _settings(args)
     wake = list(settings.bot.wake_words) + [settings.bot.name]
     s = stats(loaded.examples, renderer=renderer, wake_words=wake)
     if args.json:
@@ -102,7 +103,7 @@ def _hyper_flags(sp: argparse.ArgumentParser) -> None:
                    action="store_false")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--eval-steps", type=int, default=None,
-                   help="evaluate (and checkpoint) every N steps (default: every epoch)")
+                   help="evaluate (and checkpoint) every N steps (default: about four times a run)")
     g.add_argument("--logging-steps", type=int, default=None)
     g.add_argument("--qlora", action="store_true", default=None,
                    help="4-bit NF4 base weights through bitsandbytes (CUDA or x86 CPU)")
@@ -110,15 +111,21 @@ def _hyper_flags(sp: argparse.ArgumentParser) -> None:
                    help="train a small tokenizer + model from the data alone (offline demos)")
 
 
+HYPER_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate", "max_grad_norm",
+               "warmup_ratio", "lr_scheduler", "epochs", "max_steps", "batch_size", "grad_accum",
+               "max_seq_len", "packing", "gradient_checkpointing", "seed", "eval_steps",
+               "logging_steps", "qlora", "from_scratch")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameters given on the command line (None: not given)."""
+    return {n: getattr(args, n, None) for n in HYPER_FLAGS}
+
+
 def _hyper(args: argparse.Namespace, settings: Any) -> Any:
     from training.finetune import Hyper
 
-    names = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate", "max_grad_norm",
-             "warmup_ratio", "lr_scheduler", "epochs", "max_steps", "batch_size", "grad_accum",
-             "max_seq_len", "packing", "gradient_checkpointing", "seed", "eval_steps",
-             "logging_steps", "qlora", "from_scratch")
-    return Hyper.from_settings(settings.training,
-                               **{n: getattr(args, n, None) for n in names})
+    return Hyper.from_settings(settings.training, **_flags(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -287,7 +294,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     try:
         outcome = retrain(settings, registry=registry_dir(settings, args.registry),
                           exported=args.data or [], from_store=args.data_from_store,
-                          base=args.base, hp=_hyper(args, settings), device=args.device,
+                          base=args.base, flags=_flags(args), device=args.device,
                           starter=not args.no_starter, promote=not args.no_promote,
                           starter_dir=Path(args.starter) if args.starter else STARTER,
                           progress=not args.quiet and not args.json)
@@ -392,6 +399,6 @@ def add_data_commands(data_sub: Any) -> None:
                                            "every problem) and print stats")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.add_argument("--tokenizer", default=None, metavar="MODEL",
-                    help="count tokens with this model's tokenizer")
+                    help="count tokens with this model's tokenizer (default: model.path, if set)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_data_check)

@@ -283,6 +283,9 @@ def format_stats(s: Stats) -> str:
         mean = s.tokens / s.conversations if s.conversations else 0
         lines.append(f"tokens          {s.tokens} (mean {mean:.0f}, max {s.max_tokens} a "
                      f"conversation; {s.loss_tokens} carry loss)")
+    else:
+        lines.append("tokens          not counted: tokens depend on the model; pass --tokenizer "
+                     "MODEL (or set model.path)")
     if s.tags:
         lines.append("tags            " + ", ".join(f"{k} {v}" for k, v in
                                                     sorted(s.tags.items(), key=lambda kv: (-kv[1], kv[0]))))

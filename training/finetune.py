@@ -133,7 +133,7 @@ def precision(device: str) -> tuple[Any, bool, bool]:
     import torch
 
     if device == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16, True, False
         return torch.float32, False, True
     return torch.float32, False, False

@@ -96,13 +96,18 @@ def _load(paths: Sequence[str | Path]) -> list[Example]:
 
 def retrain(settings: Any, *, registry: Path, exported: Sequence[str] = (),
             from_store: bool = False, base: str | None = None, hp: Any = None,
-            device: str = "auto", starter: bool = True, promote: bool = True,
-            starter_dir: Path = STARTER, progress: bool = True) -> Outcome:
+            flags: dict[str, Any] | None = None, device: str = "auto", starter: bool = True,
+            promote: bool = True, starter_dir: Path = STARTER, progress: bool = True
+            ) -> Outcome:
+    """`hp`: the hyperparameters as they are; or `flags`: the ones given on the command line
+    (None = not given), over the config's [training] section, and, when the active version
+    is a from-scratch model, over its recipe (the tiny preset and its size)."""
     from training import registry as reg
     from training.evaluate import evaluate, format_table, load_engines
     from training.finetune import Hyper, TrainError, train
 
-    hp = hp or Hyper.from_settings(settings.training)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    hp = hp or Hyper.from_settings(settings.training, **given)
     try:
         active_name = reg.active(registry)
     except reg.RegistryError as e:
@@ -112,10 +117,13 @@ def retrain(settings: Any, *, registry: Path, exported: Sequence[str] = (),
         base = settings.training.base_model or None
         if not base and active_meta:
             if active_meta.get("from_scratch"):
-                hp.from_scratch = active_meta["from_scratch"]
-                for k, v in (active_meta.get("hyperparameters") or {}).items():
-                    if k in ("vocab_size", "hidden", "layers", "heads") and v:
-                        setattr(hp, k, v)
+                # the same recipe as the active model (the preset's learning rate, epochs and
+                # its size), not LoRA's defaults; flags given explicitly still win
+                recorded = active_meta.get("hyperparameters") or {}
+                size = {k: recorded[k] for k in ("vocab_size", "hidden", "layers", "heads")
+                        if recorded.get(k)}
+                hp = Hyper.from_settings(settings.training, **{
+                    **size, **given, "from_scratch": active_meta["from_scratch"]})
             else:
                 base = active_meta.get("base_model") or None
         if not base and not hp.from_scratch:

@@ -68,7 +68,7 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
                               "pip install 'chimein[gpu]'") from e
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() \
+        compute = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) \
             else torch.float16 if device == "cuda" else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
@@ -76,7 +76,7 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
     # This CPU has no fast bf16 (measured 8-70x slower): fp32 on CPU, half precision on CUDA.
     if device == "cuda":
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     else:
         kwargs["dtype"] = torch.float32
     local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
