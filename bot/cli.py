@@ -185,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # A store that cannot be opened (e.g. written by a newer chimein): said, not a
+        # traceback. Only a command that imported bot.store can raise it, so nothing heavy
+        # is imported here for the others.
+        store_mod = sys.modules.get("bot.store")
+        if store_mod is not None and isinstance(e, store_mod.StoreError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -53,21 +53,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = config_mod.load(args.config)
     if _store_path(settings) is None:
         return 1
-    from bot.store import StoreError, export_jsonl
+    from bot.store import ExportStats, StoreError, export_jsonl
 
     t0 = time.perf_counter()
+    stats = ExportStats()
     try:
-        n = asyncio.run(export_jsonl(settings, args.out))
+        n = asyncio.run(export_jsonl(settings, args.out, stats=stats))
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
         return 2
-    slack = "" if settings.training.allow_slack_data else (
-        " (Slack conversations left out: training.allow_slack_data is off)")
+    notes = []
+    if stats.skipped_slack > 0:
+        notes.append(f"{stats.skipped_slack} Slack conversation(s) left out: "
+                     "training.allow_slack_data is off")
+    if stats.cut_messages > 0:
+        notes.append(f"{stats.cut_messages} message(s) longer than runtime.max_message_chars "
+                     f"({settings.runtime.max_message_chars}) cut as the model sees them")
     print(f"exported {n} conversation segment(s) to {args.out} in "
-          f"{time.perf_counter() - t0:.1f}s{slack}", file=sys.stderr)
+          f"{time.perf_counter() - t0:.1f}s" + "".join(f" ({x})" for x in notes),
+          file=sys.stderr)
     return 0
 
 

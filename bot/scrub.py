@@ -63,9 +63,11 @@ _KNOWN_TOKENS = re.compile(
     r"|[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}"  # Discord bot token
     r")(?![\w-])")
 _BEARER = re.compile(r"(?i)\b(bearer|token|basic)\s+([A-Za-z0-9._~+/=-]{20,})")
+# A key that names a secret, also inside a longer name (`aws_secret_access_key=`, `DB_PASSWORD:`,
+# `GITHUB_TOKEN=`): a word boundary would miss those, since "_" is a word character.
 _ASSIGNED = re.compile(
-    r"(?i)\b((?:api[_-]?key|apikey|secret(?:[_-]?key)?|client[_-]?secret|access[_-]?token|"
-    r"auth[_-]?token|refresh[_-]?token|private[_-]?key|passw(?:or)?d|pwd|passphrase|token)"
+    r"(?i)(?<![\w-])([\w-]*?(?:api[_-]?key|apikey|secret|access[_-]?token|auth[_-]?token|"
+    r"refresh[_-]?token|private[_-]?key|passw(?:or)?d|pwd|passphrase|token)(?:[_-]\w+)*"
     r"[\"']?\s*(?:=|:|=>)\s*[\"']?)([^\s\"',;]{6,})")
 _HIGH_ENTROPY = re.compile(r"(?<![\w/.-])[A-Za-z0-9_+-]{32,}={0,2}(?![\w/.-])")
 
@@ -87,6 +89,19 @@ _ACCOUNT = re.compile(
     r"(?:\s*(?:number|no\.?|num|#|nr\.?))?\s*[:#]?\s*)(\d[\d -]{4,22}\d)")
 _PHONE = re.compile(
     r"(?<![\w+.:/-])(?:\+|00)?\(?\d{1,4}\)?(?:[ .\-\u00a0]?\(?\d{1,4}\)?){2,6}(?![\w.:/-])")
+# A 10-11 digit number that a phone word announces ("my phone: 4155552671", "call me at 07911
+# 123456"), or that has a phone's shape on its own: a valid North American number (area code
+# and exchange 2-9, so 1700000000-style timestamps are not) or a national number with a
+# leading 0 (07911123456, 07911 123456). At most one space group.
+_PHONE_WORD = (r"(?:phone|telephone|tel|mobile|mob|cell|cellphone|landline|whatsapp|sms|fax|ph"
+               r"|call|ring|text|contact|(?:my|his|her|their|your|our)\s+(?:number|no\.?|#))")
+_PHONE_WORDED = re.compile(
+    rf"(?i)(?<![\w-]){_PHONE_WORD}(?![\w-])(?:\s*(?:number|no\.?|nr\.?|#)(?![\w-]))?"
+    r"(?:\s+(?:is|me|us|him|her|them))?(?:\s+(?:at|on))?\s*[:=#-]?\s*"
+    r"(\d{10,11}|\d{2,6} \d{4,9})(?![\w:/-]|[.,]\d|[ -]\d)")
+_PHONE_SHAPED = re.compile(
+    r"(?<![\w.+#$\u00a3\u20ac:/-])(1?[2-9]\d\d[2-9]\d{6}|0[1-9]\d{8,9}|0[1-9]\d{2,4} \d{5,7})"
+    r"(?![\w:/-]|[.,]\d|[ -]\d)")
 _DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 
 # -- network ----------------------------------------------------------------------------------
@@ -210,6 +225,8 @@ class Scrubber:
         text = self._sub(_ACCOUNT, "ACCOUNT", text, group=2)
         text = self._sub(_IP, "IP", text, accept=_ip_ok)
         text = self._sub(_PHONE, "PHONE", text, accept=_phone_ok)
+        text = self._sub(_PHONE_WORDED, "PHONE", text, accept=_national_ok, group=1)
+        text = self._sub(_PHONE_SHAPED, "PHONE", text, accept=_national_ok, group=1)
         text = self._sub(_HIGH_ENTROPY, "SECRET", text, accept=_looks_secret)
         if self._presidio is not None:
             text = self._apply_presidio(text)
@@ -302,6 +319,12 @@ def _phone_ok(value: str) -> bool:
     if len(groups) < 2 or any(len(g) > 4 for g in groups):
         return False
     return not (any(len(g) == 1 for g in groups[1:]) or (len(groups[0]) == 1 and "." in v))
+
+
+def _national_ok(value: str) -> bool:
+    """10-11 digits, not a run of one or two repeated digits."""
+    digits = value.replace(" ", "")
+    return 10 <= len(digits) <= 11 and len(set(digits)) > 2
 
 
 _PRESIDIO_WARNED = False

@@ -29,19 +29,29 @@ always recorded, without text or author, so metrics cover every channel.
 
 The bot's own turns may carry what others wrote (an answer quotes, translates or sums up). A bot
 turn's text is kept only if the message it answered was kept, every message of the batch it was
-decided on was kept, and it does not repeat (a shared run of QUOTE_CHARS letters/digits) a recent
-message that was not kept; the fingerprints for that last check live in memory only. Otherwise
-the turn is "withheld": its row keeps the model's numbers, not its text. Export applies the same
-checks again against who is opted in at export time.
+decided on was kept, and it does not repeat (a shared run of QUOTE_CHARS letters/digits) any
+message the model may have seen that was not kept. Those "unkept" fingerprints live in memory
+only, per conversation (a thread's turns are also checked against its channel's): every message
+not stored (logging off, author not opted in, another bot, too long), whatever the channel's
+state (an admin may turn logging on while the model still holds them), and messages of this run
+turned into gaps later. They are never dropped while the model may still hold them: past
+UNKEPT_CHARS of them in a conversation (or when the memory of all conversations passes
+UNKEPT_TOTAL_CHARS), the conversation is marked overflowed instead and its bot turns are withheld
+until the process restarts (the model's context lives in memory too and starts empty then), so
+memory stays bounded and no quote slips through. Otherwise the turn is "withheld": its row keeps
+the model's numbers, not its text. Export applies the same checks again against who is opted in
+at export time.
 
 Edits update the stored text (the old text is not kept, and bot turns made from it are withheld);
 an edit by an author who is no longer opted in turns the row into a gap. A deleted message becomes
 a gap, and the bot turns that carry it are withheld; a deleted bot turn loses its text and is
 exported as silence, as is a bot turn with a negative reaction. Reactions are kept only on the
 bot's turns (feedback), with the reactor's id only if they opted in (otherwise anonymously).
-`forget` turns every message of a user into gaps, withholds the bot turns that carry them, deletes
-their reactions and consent record, and removes their conversations from export files not yet used
-for training.
+`forget` turns every message of a user into gaps, withholds the bot turns that carry them, clears
+the forgotten messages' platform ids where other rows point at them (replies, decisions), deletes
+their reactions and consent record, removes their conversations from export files not yet used
+for training, and their entries from the index of every export file (one already used for
+training is not edited: retraining retires it).
 
 Export: `export_conversations(store, ...)` is the one function training reads the store through.
 It yields consented conversation segments in the JSONL conversation format; see its docstring.
@@ -254,6 +264,15 @@ class ExportSegment:
 
 
 @dataclass
+class ExportStats:
+    """What an export left out or cut (filled in by `export_conversations`)."""
+
+    segments: int = 0
+    skipped_slack: int = 0  # Slack conversations left out (training.allow_slack_data off)
+    cut_messages: int = 0  # messages longer than max_message_chars, cut as the model sees them
+
+
+@dataclass
 class _Job:
     fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
     fut: asyncio.Future[Any]
@@ -284,7 +303,9 @@ def _valid_text(text: str) -> str:
 QUOTE_CHARS = 12
 QUOTE_MIN_CHARS = 6
 _NON_WORD = re.compile(r"[\W_]+")
-FINGERPRINT_CHARS = 4000  # of each message (the model's context holds no more than that)
+# Of each message: twice what the model sees of one (runtime.max_message_chars, 8,000 by
+# default; casefolding may lengthen text).
+FINGERPRINT_CHARS = 16_000
 
 
 def _norm(text: str) -> str:
@@ -327,17 +348,37 @@ def quotes(answer: str, others: Iterable[str]) -> bool:
 
 @dataclass
 class _Recent:
-    """Per conversation, in memory only: where the last decided batch ended, and the
-    fingerprints of recent messages that were NOT stored (never written anywhere), so that a
-    bot turn repeating one of them is not kept either."""
+    """Per conversation, in memory only: the rows of recent messages and where the last
+    decided batch ended."""
 
     rows: OrderedDict[str, int] = field(default_factory=OrderedDict)  # platform id -> row
     decided_upto: int | None = None
-    unkept: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=64))
 
 
 MAX_RECENT_CONVERSATIONS = 1024
 MAX_RECENT_ROWS = 512
+
+# What a bot turn must not repeat (see the module docstring, "unkept"). Entries are never
+# dropped while they may still be in the model's context: a conversation whose memory would
+# pass UNKEPT_CHARS (or that is evicted to keep all of them under UNKEPT_TOTAL_CHARS) is marked
+# "overflowed" instead, and its bot turns are withheld until the process restarts (the model's
+# context is in memory too, so it starts empty then). Past MAX_OVERFLOWED such conversations,
+# every bot turn is withheld until restart. Memory stays bounded either way.
+UNKEPT_CHARS = 64_000  # per conversation (the default 2,048-token context holds ~8,000 chars)
+UNKEPT_TOTAL_CHARS = 8_000_000
+MAX_OVERFLOWED = 100_000
+
+
+@dataclass
+class _Unkept:
+    """Per conversation, in memory only: fingerprints (`_norm`) of texts that were not kept."""
+
+    texts: deque[str] = field(default_factory=deque)
+    chars: int = 0
+
+
+def _memory_key(key: ConversationKey) -> ConversationKey:
+    return ConversationKey(key.platform, key.channel, key.thread or None)
 
 
 def model_view_text(text: str, attachments: Sequence[str] = (),
@@ -375,6 +416,11 @@ class Store:
         self._conv_pending: dict[ConversationKey, int] = {}
         self._overrides: dict[tuple[str, str], tuple[str | None, float | None]] = {}
         self._recent: OrderedDict[int, _Recent] = OrderedDict()
+        self._unkept: OrderedDict[ConversationKey, _Unkept] = OrderedDict()
+        self._unkept_chars = 0
+        self._overflowed: set[ConversationKey] = set()
+        self._lost_track = False  # more than MAX_OVERFLOWED overflowed: withhold every bot turn
+        self._start_row = 0  # rows after this one were written while this process ran
         # For tests and the benchmark: how many jobs each commit carried.
         self.batches: list[int] = []
 
@@ -438,6 +484,8 @@ class Store:
                 db, "SELECT platform, channel, mode, threshold FROM channels "
                 "WHERE mode IS NOT NULL OR threshold IS NOT NULL")
             self._overrides = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+            seq = await _fetch(db, "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+            self._start_row = int(seq[0][0]) if seq else 0
             self._reader = await self._connect()
         except BaseException:
             await db.close()
@@ -607,18 +655,69 @@ class Store:
             self._recent.move_to_end(conv_id)
         return mem
 
-    def _remember_row(self, conv_id: int, message_id: str | None, row_id: int | None,
-                      unkept_text: str | None = None) -> None:
+    def _remember_row(self, conv_id: int, message_id: str | None, row_id: int | None) -> None:
         mem = self._memory(conv_id)
         if message_id is not None and row_id:
             mem.rows[message_id] = row_id
             mem.rows.move_to_end(message_id)
             while len(mem.rows) > MAX_RECENT_ROWS:
                 mem.rows.popitem(last=False)
-        if unkept_text and row_id:
-            norm = _norm(unkept_text)
-            if len(norm) >= QUOTE_MIN_CHARS:
-                mem.unkept.append((row_id, norm))
+
+    def _remember_unkept(self, key: ConversationKey, text: object) -> None:
+        """A text that was not kept (or no longer is) but may be in the model's context: bot
+        turns of this conversation that repeat it are withheld. Never forgotten silently: see
+        UNKEPT_CHARS."""
+        key = _memory_key(key)
+        if self._lost_track or key in self._overflowed:
+            return
+        norm = _norm(text if isinstance(text, str) else str(text))
+        if len(norm) < QUOTE_MIN_CHARS:
+            return
+        mem = self._unkept.get(key)
+        if mem is None:
+            mem = self._unkept[key] = _Unkept()
+        else:
+            self._unkept.move_to_end(key)
+        if mem.chars + len(norm) > UNKEPT_CHARS:
+            self._overflow(key)
+            return
+        mem.texts.append(norm)
+        mem.chars += len(norm)
+        self._unkept_chars += len(norm)
+        while self._unkept_chars > UNKEPT_TOTAL_CHARS and self._unkept:
+            self._overflow(next(iter(self._unkept)))  # the least recently active
+
+    def _overflow(self, key: ConversationKey) -> None:
+        mem = self._unkept.pop(key, None)
+        if mem is not None:
+            self._unkept_chars -= mem.chars
+        if len(self._overflowed) >= MAX_OVERFLOWED:
+            if not self._lost_track:
+                log.warning("store: too many conversations to remember what was not kept; "
+                            "the bot's turns are withheld until chimein restarts")
+            self._lost_track = True
+            self._overflowed.clear()
+            self._unkept.clear()
+            self._unkept_chars = 0
+            return
+        self._overflowed.add(key)
+        log.info("store: %s: more text that was not kept than the store remembers; the bot's "
+                 "turns there are withheld until chimein restarts", key)
+
+    def _unkept_texts(self, key: ConversationKey) -> list[str] | None:
+        """What a bot turn in this conversation must not repeat (a thread's also what its
+        channel holds: a thread's context may start with it); None: not known, withhold."""
+        keys = [_memory_key(key)]
+        if key.thread:
+            keys.append(ConversationKey(key.platform, key.channel))
+        if self._lost_track or any(k in self._overflowed for k in keys):
+            return None
+        texts: list[str] = []
+        for k in keys:
+            mem = self._unkept.get(k)
+            if mem is not None:
+                texts += mem.texts
+        return texts
 
     async def _channel_logs(self, db: aiosqlite.Connection, platform: str,
                             channel: str) -> bool:
@@ -651,14 +750,18 @@ class Store:
             opted, logging_on = await self._allowed(db, key.platform, key.channel,
                                                     msg.author_id)
             if not logging_on:
-                return False  # a channel without logging keeps nothing, not even a gap
+                # A channel without logging keeps nothing, not even a gap; but the model may
+                # still see the message after an admin turns logging on.
+                self._remember_unkept(key, msg.text)
+                return False
             cid = await self._conversation(db, key)
             if msg.is_bot or not opted or refused is not None:
                 if refused is not None and opted:
                     log.warning("%s not stored: %s", where, refused)
                 cur = await db.execute("INSERT INTO messages (conversation_id, role, ts) "
                                        "VALUES (?, 'gap', ?)", (cid, msg.ts))
-                self._remember_row(cid, msg.message_id, cur.lastrowid, msg.text)
+                self._remember_row(cid, msg.message_id, cur.lastrowid)
+                self._remember_unkept(key, msg.text)
                 return False
             cur = await db.execute(
                 "INSERT OR IGNORE INTO messages (conversation_id, role, platform_message_id, "
@@ -707,14 +810,30 @@ class Store:
         """Users' messages become anonymous gaps; the bot turns that may carry them are
         withheld. Returns (messages, bot turns)."""
         victims: list[tuple[int, int, str | None]] = []
+        platform_ids: dict[int, list[str]] = {}  # conversation -> its victims' platform ids
         for chunk in _chunks(row_ids):
             q = ",".join("?" * len(chunk))
-            victims += [(int(r[0]), int(r[1]), r[2]) for r in await _fetch(
-                db, f"SELECT conversation_id, id, text FROM messages WHERE role = 'user' AND "
-                f"id IN ({q})", chunk)]
+            for r in await _fetch(
+                    db, "SELECT conversation_id, id, text, platform_message_id FROM messages "
+                    f"WHERE role = 'user' AND id IN ({q})", chunk):
+                victims.append((int(r[0]), int(r[1]), r[2]))
+                if r[3] is not None:
+                    platform_ids.setdefault(int(r[0]), []).append(str(r[3]))
         if not victims:
             return 0, 0
         withheld = await self._withhold_dependents(db, victims)
+        # Their platform ids go from the rows that point at them too: replies (the bot's
+        # and others', in the channel and its threads) and decisions.
+        for cid, pids in platform_ids.items():
+            convs = ("SELECT id FROM conversations WHERE (platform, channel) = (SELECT "
+                     "platform, channel FROM conversations WHERE id = ?)")
+            for part in _chunks(pids):
+                q = ",".join("?" * len(part))
+                await db.execute(f"UPDATE messages SET reply_to = NULL WHERE conversation_id "
+                                 f"IN ({convs}) AND reply_to IN ({q})", (cid, *part))
+                await db.execute(f"UPDATE decisions SET message_id = NULL WHERE "
+                                 f"conversation_id IN ({convs}) AND message_id IN ({q})",
+                                 (cid, *part))
         for chunk in _chunks([v[1] for v in victims]):
             q = ",".join("?" * len(chunk))
             await db.execute(f"DELETE FROM reactions WHERE message_id IN ({q})", chunk)
@@ -722,12 +841,17 @@ class Store:
                 "UPDATE messages SET role = 'gap', platform_message_id = NULL, author_id = NULL, "
                 "author_name = NULL, text = NULL, attachments = NULL, reply_to = NULL, "
                 f"edited_ts = NULL WHERE id IN ({q})", chunk)
-        for cid, rid, text in victims:
-            mem = self._recent.get(cid)
-            if mem is not None and text:  # the bot's context may still hold it
-                norm = _norm(text)
-                if len(norm) >= QUOTE_MIN_CHARS:
-                    mem.unkept.append((rid, norm))
+        # The model's context may still hold those written while this process runs.
+        recent = [(cid, text) for cid, rid, text in victims if text and rid > self._start_row]
+        keys: dict[int, ConversationKey] = {}
+        for chunk in _chunks(sorted({cid for cid, _ in recent})):
+            q = ",".join("?" * len(chunk))
+            keys.update({int(r[0]): ConversationKey(r[1], r[2], r[3] or None) for r in
+                         await _fetch(db, "SELECT id, platform, channel, thread FROM "
+                                      f"conversations WHERE id IN ({q})", chunk)})
+        for cid, text in recent:
+            if cid in keys:
+                self._remember_unkept(keys[cid], text)
         return len(victims), withheld
 
     async def _withhold_dependents(self, db: aiosqlite.Connection,
@@ -888,8 +1012,10 @@ class Store:
                 gaps = await _fetch(
                     db, "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'gap' "
                     "AND id > ? AND id < ? LIMIT 1", (cid, start, anchor))
-                keep = not gaps and not quotes(
-                    text, (norm for row, norm in mem.unkept if anchor is None or row < anchor))
+                # Checked against everything not kept that the model may have seen (later
+                # messages too: stricter, and simpler than knowing what it saw).
+                unkept = self._unkept_texts(key)
+                keep = not gaps and unkept is not None and not quotes(text, unkept)
             # Not kept: the row stays (text NULL, "withheld") so export cuts there and the
             # model's numbers still count.
             await db.execute(
@@ -988,9 +1114,10 @@ class Store:
     # -- forget, status, stats ------------------------------------------------------------
     async def forget(self, user_id: str, platform: str | None = None) -> ForgetResult:
         """Delete everything of a user: their messages (and the bot's answers to them) become
-        anonymous gaps, their reactions and consent record go, and their conversations are
-        removed from export files not yet used for training. `platform` None: every platform.
-        """
+        anonymous gaps, replies and decisions lose those messages' platform ids, their reactions
+        and consent record go, their conversations are removed from export files not yet used
+        for training, and they leave the index of every export. `platform` None: every
+        platform."""
         async def op(db: aiosqlite.Connection) -> tuple[ForgetResult, list[tuple[int, str, str]]]:
             result = ForgetResult()  # built afresh: a failed batch runs its jobs again
             plats = [platform] if platform is not None else [
@@ -1018,6 +1145,12 @@ class Store:
                 cur = await db.execute("DELETE FROM consent WHERE platform = ? AND user_id = ?",
                                        (plat, user_id))
                 result.consent_removed |= cur.rowcount > 0
+                # An export already used for training is not edited any more, but its index
+                # need not keep who was in it.
+                await db.execute(
+                    "DELETE FROM export_segments WHERE platform = ? AND author_id = ? AND "
+                    "export_id IN (SELECT id FROM exports WHERE used_ts IS NOT NULL)",
+                    (plat, user_id))
                 rows = await _fetch(
                     db, "SELECT DISTINCT e.id, e.path, s.segment_id FROM export_segments s JOIN "
                     "exports e ON e.id = s.export_id WHERE e.used_ts IS NULL AND s.platform = ? "
@@ -1243,7 +1376,7 @@ def _any_between(sorted_ids: list[int], lo: int, hi: int) -> bool:
     return i < len(sorted_ids) and sorted_ids[i] <= hi
 
 
-def _chunks(items: Sequence[int], size: int = 500) -> list[list[int]]:
+def _chunks(items: Sequence[T], size: int = 500) -> list[list[T]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
@@ -1298,7 +1431,8 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                                allow_slack_data: bool = False, scrub: bool = True,
                                use_presidio: bool | None = None,
                                max_message_chars: int | None = None,
-                               min_user_turns: int = 1) -> AsyncGenerator[ExportSegment, None]:
+                               min_user_turns: int = 1, stats: ExportStats | None = None
+                               ) -> AsyncGenerator[ExportSegment, None]:
     """Consented conversation segments, in the JSONL conversation format.
 
     A conversation (channel or thread) is cut into segments wherever nobody wrote for
@@ -1309,14 +1443,17 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
     turn deleted by a user or given a negative reaction is exported as silence (its assistant
     item is left out). Text is scrubbed of PII with stable placeholders (one Scrubber per
     segment, so segments cannot be linked through them) and shown as the model sees it
-    (`model_view_text`). Slack-origin conversations are exported only with
-    `allow_slack_data` (Slack's API terms restrict training on API data); otherwise they are
-    skipped with a log line that says why.
+    (`model_view_text`: a message longer than `max_message_chars` is cut as the model saw it
+    when deciding, with a log line that counts them; the store keeps it whole). Slack-origin
+    conversations are exported only with `allow_slack_data` (Slack's API terms restrict
+    training on API data); otherwise they are skipped with a log line that says why. `stats`,
+    if given, is filled in with those counts.
 
     Reads one consistent snapshot through its own connection; use it with
     `contextlib.aclosing` (or run it to the end) so the connection is closed.
     """
     gap_s = idle_gap_minutes * 60.0
+    stats = stats if stats is not None else ExportStats()
     db = await store._connect()
     try:
         await db.execute("BEGIN")  # one snapshot (WAL): writers carry on meanwhile
@@ -1325,10 +1462,11 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
         convs = await _fetch(
             db, "SELECT c.id, c.platform FROM conversations c WHERE EXISTS (SELECT 1 FROM "
             "messages m WHERE m.conversation_id = c.id AND m.role = 'user') ORDER BY c.id")
-        skipped_slack = 0
+        skipped_slack = cut = 0
         for conv_id, platform in convs:
             if platform == "slack" and not allow_slack_data:
                 skipped_slack += 1
+                stats.skipped_slack = skipped_slack
                 continue
             negative = {r[0] for r in await _fetch(
                 db, "SELECT DISTINCT r.message_id FROM reactions r JOIN messages m ON "
@@ -1369,6 +1507,10 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                             cur = _Building(conv_id, platform, row_id, ts,
                                             Scrubber(use_presidio) if scrub else None)
                         files = json.loads(attachments) if attachments else []
+                        if (max_message_chars is not None and text
+                                and len(text.replace("\x00", "")) > max_message_chars):
+                            cut += 1
+                            stats.cut_messages = cut
                         content = model_view_text(text or "", files, max_message_chars)
                         if cur.scrubber is not None:
                             content = cur.scrubber.scrub(content)
@@ -1392,15 +1534,21 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                             content = cur.scrubber.scrub(content)
                         cur.records.append({"role": "assistant", "content": content})
                     if out is not None:
+                        stats.segments += 1
                         yield out
             last = close()
             if last is not None:
+                stats.segments += 1
                 yield last
         if skipped_slack:
             log.warning("export: skipped %d Slack conversation(s): Slack's API terms restrict "
                         "training on data obtained through the API; set "
                         "training.allow_slack_data = true only if your workspace admin has "
                         "agreed", skipped_slack)
+        if cut:
+            log.warning("export: %d message(s) longer than %d characters were cut as the model "
+                        "sees them (runtime.max_message_chars); the store keeps them whole",
+                        cut, max_message_chars)
     finally:
         with contextlib.suppress(Exception):
             await db.execute("ROLLBACK")
@@ -1408,18 +1556,19 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
 
 
 async def export_jsonl(settings: Any, out: str | os.PathLike[str], *,
-                       store: Store | None = None) -> int:
+                       store: Store | None = None, stats: ExportStats | None = None) -> int:
     """Write `export_conversations` to a JSONL file (atomically) with the settings' idle gap,
     Slack switch and message cut, and register it for `forget`; returns the segment count.
 
-    Used by `chimein data export` and `chimein retrain --data-from-store`."""
+    Used by `chimein data export` and `chimein retrain --data-from-store`. `stats`: see
+    `export_conversations`."""
     path = Path(out)
     if store is None:
         if not Path(settings.store.path).exists():
             raise StoreError(f"no store at {settings.store.path}: nothing has been logged yet "
                              "(set store.path, and turn logging on in a channel)")
         async with Store.from_settings(settings.store) as opened:
-            return await export_jsonl(settings, out, store=opened)
+            return await export_jsonl(settings, out, store=opened, stats=stats)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     written: list[tuple[str, frozenset[tuple[str, str]]]] = []
@@ -1428,7 +1577,8 @@ async def export_jsonl(settings: Any, out: str | os.PathLike[str], *,
             async with contextlib.aclosing(export_conversations(
                     store, idle_gap_minutes=settings.store.idle_gap_minutes,
                     allow_slack_data=settings.training.allow_slack_data,
-                    max_message_chars=settings.runtime.max_message_chars)) as segments:
+                    max_message_chars=settings.runtime.max_message_chars,
+                    stats=stats)) as segments:
                 async for seg in segments:
                     f.write(json.dumps(seg.to_json(), ensure_ascii=False) + "\n")
                     written.append((seg.id, seg.authors))
@@ -1444,6 +1594,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "ExportSegment",
+    "ExportStats",
     "ForgetResult",
     "Store",
     "StoreClosed",

@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot import config as config_mod
@@ -52,6 +53,14 @@ async def bot(store: Store, text: str, reply_to: str, mid: str,
                                 p_silence=0.1, model_version="v1", latency_ms=1.0)
     await store.record_decision(key, Decision(0.1, True), model_version="v1", addressed=True,
                                 message_id=reply_to, mode="semi-active")
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
 
 
 def contents(seg: ExportSegment) -> list[str | None]:
@@ -182,12 +191,75 @@ async def test_a_bot_turn_repeating_a_message_goes_when_that_message_does(store:
     assert "Oslo" not in dump and "when does ann land?" in dump
 
 
+async def test_a_bot_turn_quoting_a_message_sent_while_logging_was_off_is_withheld(
+        store: Store) -> None:
+    await store.set_channel_logging("test", "general", False)
+    assert not await store.record_message(msg("cy", "my pin is 4242 4242 tell nobody", "1", 1.0))
+    await store.set_channel_logging("test", "general", True)
+    await store.record_message(msg("ann", "assistant, what did cy say?", "2", 2.0))
+    await bot(store, "Cy said: my pin is 4242 4242 tell nobody", "2", "b1")
+    dump = json.dumps([s.to_json() for s in await export(store, scrub=False)])
+    assert "4242" not in dump and "what did cy say?" in dump
+
+
+async def test_many_unkept_messages_do_not_push_out_what_a_bot_turn_may_quote(
+        store: Store) -> None:
+    await store.record_message(msg("cy", "my home address is 12 Elm Street", "c", 1.0))
+    await store.record_decision(K, Decision(0.9, False), model_version="v1", addressed=False,
+                                message_id="c", mode="semi-active")
+    for i in range(200):
+        await store.record_message(msg("dee", f"chatter number {i} from dee, not opted in",
+                                       f"d{i}", 2.0 + i))
+        await store.record_decision(K, Decision(0.9, False), model_version="v1",
+                                    addressed=False, message_id=f"d{i}", mode="semi-active")
+    await store.record_message(msg("ann", "assistant, where does cy live?", "a", 300.0))
+    await bot(store, "Cy said: my home address is 12 Elm Street", "a", "b1")
+    dump = json.dumps([s.to_json() for s in await export(store, scrub=False)])
+    assert "Elm Street" not in dump and "where does cy live?" in dump
+
+
+async def test_past_the_unkept_memory_bound_bot_turns_are_withheld_until_restart(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bot.store.UNKEPT_CHARS", 100)
+    elsewhere = ConversationKey("test", "other")
+    await store.set_channel_logging("test", "other", True)
+    for i in range(5):  # 5 x 29 letters/digits: past 100, the oldest cannot be remembered
+        await store.record_message(msg("cy", f"cy number {i} has not opted in at all", f"c{i}",
+                                       1.0 + i))
+    assert store._unkept_texts(K) is None
+    await store.record_message(msg("ann", "assistant, hello?", "a", 10.0))
+    await bot(store, "hello ann", "a", "b1")
+    await store.record_message(msg("ann", "assistant, hello?", "a2", 10.0, key=elsewhere))
+    await bot(store, "hello ann", "a2", "b2", key=elsewhere)  # other conversations: unaffected
+    texts = rows(store.path, "SELECT platform_message_id FROM messages WHERE "
+                             "role = 'assistant' AND text IS NOT NULL")
+    assert texts == [("b2",)]
+    assert all(m.chars <= 100 for m in store._unkept.values())  # memory stays bounded
+    async with Store(store.path) as restarted:  # a fresh process: the model starts afresh too
+        await restarted.record_message(msg("ann", "assistant, again?", "a3", 20.0))
+        await bot(restarted, "hello again", "a3", "b3")
+    assert ("b3",) in rows(store.path, "SELECT platform_message_id FROM messages WHERE "
+                                       "role = 'assistant' AND text IS NOT NULL")
+
+
+async def test_a_thread_answer_quoting_an_unkept_channel_message_is_withheld(
+        store: Store) -> None:
+    thread = ConversationKey("test", "general", "1")
+    await store.record_message(msg("cy", "the launch code is swordfish42", "1", 1.0))
+    await store.record_message(msg("ann", "assistant, what is the code?", "2", 2.0, key=thread))
+    await bot(store, "It is swordfish42.", "2", "b1", key=thread)
+    dump = json.dumps([s.to_json() for s in await export(store, scrub=False)])
+    assert "swordfish" not in dump and "what is the code?" in dump
+
+
 # -- the property: no text that is not consented ever leaves the store ---------------------
 CHANNELS = [ConversationKey("test", "c0"), ConversationKey("test", "c1"),
             ConversationKey("slack", "C2")]
 USERS = ["u0", "u1", "u2", "u3"]
-KINDS = ["msg"] * 8 + ["optin", "optin", "optout", "logging", "logging", "bot", "bot", "bot",
-                       "decide", "edit", "delete", "forget"]
+# Logging is toggled often: a message sent while it was off must not come back through a bot
+# turn after it is on.
+KINDS = ["msg"] * 8 + ["optin", "optin", "optout", "logging", "logging", "logging", "logging",
+                       "bot", "bot", "bot", "decide", "edit", "delete", "forget"]
 
 
 @dataclass
@@ -290,6 +362,10 @@ async def run_scenario(path: Path, events: list[tuple[str, int, int, int]]) -> N
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 5), st.integers(0, 2),
                           st.integers(0, 1000)), min_size=8, max_size=50))
+# Found by an audit: logging off, a message, logging on, a message, a bot turn quoting the
+# batch (both), then more messages: the first message came back through the bot turn.
+@example([("logging", 0, 0, 0), ("msg", 0, 0, 0), ("logging", 0, 0, 1), ("msg", 0, 0, 0),
+          ("bot", 1, 0, 0), ("msg", 0, 0, 0), ("msg", 0, 0, 0), ("msg", 0, 0, 0)])
 def test_export_never_contains_a_non_consented_text(
         events: list[tuple[str, int, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,6 +38,15 @@ GITTER = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "e
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY----- ok",
      "<SECRET_1> ok"),
     ("token Zx9Qw8Ert7Yui6Opa5Sdf4Ghj3Klz2Xcv1Bnm0", "token <SECRET_1>"),
+    # Found by an audit: plain 10-11 digit numbers, and secret keys inside longer names.
+    ("4155552671", "<PHONE_1>"),
+    ("my phone: 4155552671", "my phone: <PHONE_1>"),
+    ("call me at 07911 123456.", "call me at <PHONE_1>."),
+    ("my number is 07911123456, or tel 0201234567", "my number is <PHONE_1>, or tel <PHONE_2>"),
+    ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+     "aws_secret_access_key=<SECRET_1>"),
+    ("DB_PASSWORD: hunter22 and GITHUB_TOKEN=abc123def",
+     "DB_PASSWORD: <SECRET_1> and GITHUB_TOKEN=<SECRET_2>"),
 ])
 def test_replaced(text: str, expected: str) -> None:
     assert Scrubber(use_presidio=False).scrub(text) == expected
@@ -51,6 +60,10 @@ def test_replaced(text: str, expected: str) -> None:
     "see https://example.com/docs/getting-started?page=2#install",
     "https://medium.com/@someone/how-to-turn-on-wifi-on-ios-by-using-appium-64fe75fa903",
     "chromedriver=2.30.477691 (6ee44a7247c639c0703f291d320bdf05c1531b57)",
+    # Ordinary numbers are not phones: years, order ids, versions, (ms) timestamps, prices.
+    "in 2023, order #12345 and #4155552671 on python 3.11.7 at 1700000000 (1700000000123 ms)",
+    "slack ts 1700000001.000100, build 4155552671.2, $4155552671, 2024 12345678, 0000000000",
+    "tokenizer: gpt2-tokenizer, max_tokens=4096, secret: no",
     "مرحبا بالعالم \u200f שלום 😂👩‍👩‍👧 \u200b zero width \x00 nul",
     "助手，今天天气怎么样？我们下午三点开会。",
     "",

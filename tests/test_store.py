@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import config as config_mod
 from bot.engine.base import Decision
 from bot.message import ConversationKey, Deletion, Edit, Message, Reaction
 from bot.store import (
@@ -21,6 +22,7 @@ from bot.store import (
     StoreClosed,
     StoreError,
     export_conversations,
+    export_jsonl,
     is_negative,
     quotes,
 )
@@ -228,30 +230,46 @@ async def test_forget_removes_every_row_of_the_user(store: Store, tmp_path: Path
     await store.set_consent("test", "ann", True)
     await store.set_consent("test", "bob", True)
     other = ConversationKey("test", "general", "t2")
-    await store.record_message(msg("ann", "ann's secret plan", "1"))
-    await store.record_message(msg("bob", "bob says hi", "2"))
+    # Platform ids that do not spell her name: the file must not keep them either.
+    ann_ids = {"1700000001.000100", "1700000003.000300"}
+    await store.record_message(msg("ann", "ann's secret plan", "1700000001.000100"))
+    await decide(store, "1700000001.000100")
+    await store.record_message(msg("bob", "bob says hi", "2", reply_to="1700000001.000100"))
     await decide(store, "2")
-    await store.record_message(msg("ann", "assistant, summarise my plan?", "3", key=other))
+    await store.record_message(msg("ann", "assistant, summarise my plan?", "1700000003.000300",
+                                   key=other))
     await store.record_bot_turn(other, "Your plan: ann's secret plan", message_id="b1",
-                                in_reply_to="3", p_silence=0.1, model_version="v1",
-                                latency_ms=1.0)
+                                in_reply_to="1700000003.000300", p_silence=0.1,
+                                model_version="v1", latency_ms=1.0)
+    await decide(store, "1700000003.000300", other)
     await store.record_message(msg("bob", "assistant, hello", "4"))
     await store.record_bot_turn(K, "Hello bob", message_id="b2", in_reply_to="4",
                                 p_silence=0.1, model_version="v1", latency_ms=1.0)
     await store.record_reaction(Reaction(K, "b2", "ann", "heart"))
     await store.record_reaction(Reaction(other, "b1", "ann", "+1"))
+    # An export already used for training keeps its file, but not its index of ann.
+    settings = config_mod.parse({"store": {"path": str(store.path)}})
+    used = tmp_path / "used.jsonl"
+    assert await export_jsonl(settings, used, store=store) >= 1
+    assert await store.mark_export_used(used) == 1
     result = await store.forget("ann", "test")
     assert (result.messages, result.bot_turns, result.reactions, result.consent_removed) == (
         2, 1, 1, True)
-    # Nothing of ann anywhere in the file: no id, no name, no text, no consent, no reaction.
+    # Nothing of ann anywhere in the file: no id, no name, no text, no consent, no reaction,
+    # none of her messages' platform ids, in any table.
     con = sqlite3.connect(store.path)
     try:
-        for table, in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        tables = [t for t, in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert {"messages", "decisions", "export_segments", "reactions", "consent"} <= set(tables)
+        for table in tables:
             for row in con.execute(f"SELECT * FROM {table}"):
                 flat = " ".join(str(v) for v in row)
                 assert "ann" not in flat.lower(), (table, row)
+                assert not ann_ids & {str(v) for v in row}, (table, row)
+                assert not any(i in flat for i in ann_ids), (table, row)
     finally:
         con.close()
+    assert rows(store.path, "SELECT COUNT(*) FROM export_segments") == [(1,)]  # bob's stays
     # ... nor in the bytes on disk (secure_delete, and the WAL is checkpointed and truncated).
     for f in (store.path, Path(f"{store.path}-wal")):
         if f.exists():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
+from bot.engine.fake import ScriptedEngine
 from bot.message import ConversationKey, Message
-from bot.store import Store
+from bot.store import SCHEMA_VERSION, Store
 
 K = ConversationKey("discord", "42")
 
@@ -87,3 +90,50 @@ def test_missing_store_is_a_clear_message(tmp_path: Path,
         assert main(["--config", str(cfg), *args]) == 1
         assert "no store at" in capsys.readouterr().err
     assert not (tmp_path / "nothing.sqlite3").exists()  # looking did not create it
+
+
+def _discord_only_store(tmp_path: Path, text: str) -> Path:
+    async def fill(db: Path) -> None:
+        async with Store(db) as store:
+            await store.set_channel_logging("discord", "42", True)
+            await store.set_consent("discord", "7", True)
+            await store.record_message(Message(K, "7", "Ann", text, message_id="1", ts=100.0))
+
+    db = tmp_path / "store.sqlite3"
+    asyncio.run(fill(db))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[store]\npath = "{db}"\n', encoding="utf-8")
+    return cfg
+
+
+def test_data_export_says_what_it_left_out_or_cut_only_when_it_did(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _discord_only_store(tmp_path, "hello " + "x" * 9000 + " tail-of-a-long-message")
+    out = tmp_path / "export.jsonl"
+    assert main(["--config", str(cfg), "data", "export", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Slack" not in err  # no Slack conversation was left out
+    assert "1 message(s) longer than runtime.max_message_chars (8000) cut" in err
+    [conv] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert conv["messages"][0]["content"].endswith(" …[truncated]")
+
+
+def test_a_store_from_a_newer_chimein_is_an_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    newer = tmp_path / "newer.sqlite3"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[store]\npath = "{newer}"\n', encoding="utf-8")
+
+    async def scripted(settings: object) -> ScriptedEngine:
+        return ScriptedEngine()
+
+    monkeypatch.setattr("adapters.console._load_engine", scripted)
+    assert main(["--config", str(cfg), "console", "--store", str(newer)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "newer chimein" in err and "Traceback" not in err
+    assert main(["--config", str(cfg), "data", "stats"]) == 2
+    assert "newer chimein" in capsys.readouterr().err
