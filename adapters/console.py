@@ -242,6 +242,11 @@ async def replay_file(settings: Settings, path: str | Path, *, as_json: bool = F
         return 2
     if engine is None:
         engine = await _load_engine(settings)
+    if history == "gold":  # evaluation: every decision is the model's own, no cooldown
+        import dataclasses
+
+        settings = dataclasses.replace(settings, policy=dataclasses.replace(
+            settings.policy, cooldown_window_seconds=0.0))
     core = build_core(settings, engine=engine)
     spoke = turns = 0
     lat = 0.0

@@ -287,6 +287,12 @@ def _cross_checks(s: Settings) -> list[str]:
     if s.model.quantize == "nf4" and s.model.backend != "transformers":
         errors.append("model.quantize = 'nf4' works only with model.backend = 'transformers' "
                       "(OpenVINO quantizes at export time: `chimein export --weights int4`)")
+    room = s.model.max_context_tokens - s.generation.max_new_tokens
+    if room < 64:
+        errors.append(f"model.max_context_tokens = {s.model.max_context_tokens} leaves {room} "
+                      f"tokens of history next to generation.max_new_tokens = "
+                      f"{s.generation.max_new_tokens}; allowed: at least 64 (raise the first or "
+                      "lower the second)")
     for ch in s.policy.channels:  # an empty wake_words is fine: then only mentions address
         if ":" not in ch:
             errors.append(f"policy.channels.{ch}: channel keys look like 'slack:C123' or "

@@ -120,6 +120,10 @@ class Core:
         self._queues: dict[ConversationKey, asyncio.Queue[Event]] = {}
         self._workers: dict[ConversationKey, asyncio.Task[None]] = {}
         self._busy: dict[ConversationKey, bool] = {}
+        # One conversation at a time talks to the model (it has one inference thread): a
+        # worker takes its batch only when it gets the model, so messages that arrive while
+        # the model is busy with ANY conversation are coalesced into one decision.
+        self._model_turn = asyncio.Lock()
         self._closed = False
         self.errors = 0
         # A decision and its answer must run on the same engine: a model swap waits until no
@@ -179,10 +183,11 @@ class Core:
             first = await q.get()
             self._busy[key] = True
             batch = [first]
-            while not q.empty():
-                batch.append(q.get_nowait())
             try:
-                await self._process(key, batch)
+                async with self._model_turn:
+                    while not q.empty():
+                        batch.append(q.get_nowait())
+                    await self._process(key, batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the error boundary: log, carry on with the next batch
@@ -298,7 +303,8 @@ class Core:
             await self.store.record_decision(key, decision, model_version=version,
                                              addressed=addressed, message_id=last.message_id,
                                              mode=mode)
-        self.sessions.enforce_bytes(keep=key)
+        # on the inference thread: never drop a cache another decision is using
+        await self._run(self.sessions.enforce_bytes, keep=key)
         await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
                                           latency))
 

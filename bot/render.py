@@ -62,10 +62,13 @@ def strip_markers(text: str) -> str:
     """Remove every marker a model may emit, and characters no chat should receive (C0
     controls other than newline/tab, U+FFFD from bytes cut mid-character): the result is what
     may be posted."""
-    text = _MARKER_RE.sub("", text)
-    text = _PARTIAL_TAIL.sub("", text)  # a marker cut off by max_new_tokens
-    text = _BAD_CHARS.sub("", text)
-    return text.strip()
+    while True:  # to a fixed point: removing one marker may join the pieces of another
+        before = text
+        text = _MARKER_RE.sub("", text)
+        text = _PARTIAL_TAIL.sub("", text)  # a marker cut off by max_new_tokens
+        text = _BAD_CHARS.sub("", text)
+        if text == before:
+            return text.strip()
 
 
 def with_silences(turns: Iterable[Turn]) -> list[Turn]:

@@ -142,3 +142,20 @@ def test_replay_cli_subprocess(tmp_path, tiny_model_dir) -> None:  # type: ignor
                         str(tmp_path / "missing")], check=False, capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+async def test_gold_replay_has_no_cooldown_live_replay_does(tmp_path: Path) -> None:
+    """Six unaddressed turns and a model that chimes in on each: evaluation (gold) reports all
+    six of the model's decisions; live replay caps chime-ins like production (3 per window)."""
+    conv = [{"role": "user", "name": f"U{i}", "content": f"fact {i} anyone?"} for i in range(6)]
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps(conv) + "\n", "utf-8")
+    counts = {}
+    for history in ("gold", "live"):
+        out = io.StringIO()
+        eng = ScriptedEngine(script=lambda turns: 0.0)
+        await replay_file(config.Settings(), f, history=history, as_json=True, out=out,
+                          engine=eng)
+        rows = [json.loads(line) for line in out.getvalue().splitlines()]
+        counts[history] = sum(r["decision"] == "response" for r in rows)
+    assert counts == {"gold": 6, "live": 3}

@@ -59,6 +59,23 @@ async def test_burst_while_busy_is_coalesced_into_one_decision(queue_adapter) ->
     assert [r.text for r in queue_adapter.sent] == ["echo: c"]  # answered after the last one
 
 
+async def test_burst_while_the_model_is_busy_with_another_channel_is_coalesced(
+        queue_adapter) -> None:  # type: ignore[no-untyped-def]
+    """The model has one inference thread: a burst in c1 that arrives while it is busy with
+    c2 waits as a whole and gets one decision."""
+    eng = ScriptedEngine(delay=0.2)
+    core, records = make_core(eng)
+    core.add_adapter(queue_adapter)
+    async with core:
+        await core.handle(msg(K2, "Ann", "something in c2", 0))
+        await asyncio.sleep(0.05)  # the model is now busy with c2
+        for i, t in enumerate(["a", "b", "c"], start=1):
+            await core.handle(msg(K1, "Bob", t, i))
+        await core.flush()
+    c1 = [r for r in records if r.key == K1]
+    assert len(c1) == 1 and [m.text for m in c1[0].messages] == ["a", "b", "c"]
+
+
 async def test_other_bots_and_own_messages_are_never_answered(queue_adapter) -> None:  # type: ignore[no-untyped-def]
     eng = ScriptedEngine(script=lambda turns: 0.0)  # would chime in on everything
     core, records = make_core(eng)

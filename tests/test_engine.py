@@ -151,9 +151,52 @@ def test_diverged_cache_is_recomputed_not_trusted(tiny_lm, tiny_tokenizer):  # t
 def test_coalesced_turns_get_silences_between_them(tiny_lm, tiny_tokenizer):  # type: ignore[no-untyped-def]
     eng = make_engine(tiny_lm, tiny_tokenizer)
     s = Session(KEY)
-    eng.decide(s, CHAT[:3], threshold=0.0)
+    d = eng.decide(s, CHAT[:3], threshold=0.0)
     assert [t.role for t in s.turns] == ["user", "assistant"] * 3
     assert s.turns == with_silences(CHAT[:3])
+    # the burst was decided on the same shape as the history (and training): silences between
+    assert math.isclose(d.p_silence, eng.score_silence(CHAT[:3]), rel_tol=1e-4)
+    # so the cache is a prefix of the next rendering: only the new message is fed
+    d2 = eng.decide(s, [CHAT[3]], threshold=0.0)
+    assert not d2.recomputed and d2.fed_tokens < 40
+
+
+@pytest.mark.parametrize("style", ["llama2", "mistral"])
+def test_burst_under_templates_that_demand_alternation(style, tiny_model_dir, tiny_lm):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from tests.templates import STYLES
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = STYLES[style][0]
+    eng = make_engine(tiny_lm, tok)
+    s = Session(KEY)
+    eng.decide(s, [CHAT[0]], threshold=0.0)
+    d = eng.decide(s, CHAT[3:6], threshold=0.0)  # a burst of three; raised before the fix
+    assert math.isclose(d.p_silence, eng.score_silence(s.turns), rel_tol=1e-4)
+
+
+def test_overflow_leaves_room_for_the_answer_and_trims_rarely(tiny_lm, tiny_tokenizer):  # type: ignore[no-untyped-def]
+    """The trim target is a share of the room left after max_new_tokens, so after a trim the
+    history fits with room to spare (not a rebuild on almost every message)."""
+    eng = make_engine(tiny_lm, tiny_tokenizer, max_context_tokens=512, trim_to=0.6,
+                      max_new_tokens=200)
+    s = Session(KEY)
+    for i in range(60):
+        eng.decide(s, [user("Ann", f"message number {i} about the deploy")], threshold=0.0)
+        assert len(s.ids) <= 512 - 200
+    assert 1 <= s.trims <= 15, s.trims
+
+
+def test_a_cut_message_joins_the_history_cut(tiny_lm, tiny_tokenizer):  # type: ignore[no-untyped-def]
+    eng = make_engine(tiny_lm, tiny_tokenizer, max_context_tokens=256, max_new_tokens=16)
+    s = Session(KEY)
+    eng.decide(s, [user("Ann", "the deploy log says " * 2000)], threshold=0.0)
+    kept = s.turns[-2].content or ""
+    assert kept.endswith("[cut]") and len(kept) < 2000
+    trims = s.trims
+    d = eng.decide(s, [user("Bob", "ok")], threshold=0.0)  # no second overflow on it
+    assert s.trims == trims and not d.recomputed
 
 
 def test_session_store_bounds(tiny_lm, tiny_tokenizer):  # type: ignore[no-untyped-def]

@@ -158,6 +158,10 @@ def test_records_round_trip_and_markers_in_data() -> None:
     ("( Silence )", ""),
     ("keep\n    indented code", "keep\n    indented code"),
     ("bad\x00bytes\ufffd", "badbytes"),
+    # removing one marker must not assemble another from its pieces
+    ("((silence)silence)", ""),
+    ("x(re(silence)sponse) y", "x y"),
+    ("(sil\x01ence) hi", "hi"),
 ])
 def test_strip_markers(raw: str, clean: str) -> None:
     assert strip_markers(raw) == clean

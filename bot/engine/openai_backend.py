@@ -23,6 +23,7 @@ from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings, OpenAISettings
 from bot.engine.base import Decision, EngineError
+from bot.engine.context import fit_context
 from bot.message import Turn
 from bot.render import ASSISTANT_NAME, DecisionInput, Renderer, strip_markers, with_silences
 from bot.sessions import Session
@@ -94,31 +95,15 @@ class OpenAIEngine:
         session.pending = None
         session.turns = with_silences(session.turns + list(new_turns))
 
-    def _fit(self, session: Session, new_turns: Sequence[Turn]) -> DecisionInput:
-        history = with_silences(session.turns)
-        d = self.renderer.decision_input(history + list(new_turns))
-        if len(d.ids) <= self.max_context - self.gen.max_new_tokens:
-            return d
-        target = int(self.max_context * self.trim_to)
-        system = history[:1] if history and history[0].role == "system" else []
-        body = history[len(system):]
-        for drop in range(2, len(body) + 1, 2):
-            cand = self.renderer.decision_input(system + body[drop:] + list(new_turns))
-            if len(cand.ids) <= target:
-                session.turns = system + body[drop:]
-                session.trims += 1
-                return cand
-        session.turns = list(system)
-        session.trims += 1
-        return self.renderer.decision_input(system + list(new_turns)[-1:])
-
     def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
                force: bool = False) -> Decision:
         t0 = time.perf_counter()
         new_turns = [t for t in new_turns if t.role == "user"]
         if not new_turns:
             raise ValueError("decide() needs at least one new user turn")
-        d = self._fit(session, new_turns)
+        d, new_turns = fit_context(self.renderer, session, new_turns,
+                                   max_context=self.max_context,
+                                   max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
         p_silence = self._p_silence(d)
         session.ids = list(d.ids)
         session.turns = with_silences(session.turns + new_turns)

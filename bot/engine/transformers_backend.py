@@ -19,6 +19,7 @@ from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import Decision, EngineError
+from bot.engine.context import fit_context
 from bot.message import Turn
 from bot.render import ASSISTANT_NAME, DecisionInput, Renderer, strip_markers, with_silences
 from bot.sessions import Session
@@ -148,48 +149,10 @@ class TransformersEngine:
         session.pending = None
         session.turns = with_silences(session.turns + list(new_turns))
 
-    def _fit(self, session: Session, new_turns: Sequence[Turn]) -> DecisionInput:
-        """Decision ids for history + new turns; trims old turns once when they overflow."""
-        history = with_silences(session.turns)
-        d = self.renderer.decision_input(history + list(new_turns))
-        budget = self.max_context - self.gen.max_new_tokens
-        if len(d.ids) <= budget:
-            return d
-        # Overflow: drop the oldest turns in one chunk so the history fits in trim_to of the
-        # context, then rebuild once (not a re-trim on every message).
-        target = int(self.max_context * self.trim_to)
-        system = history[:1] if history and history[0].role == "system" else []
-        body = history[len(system):]
-        pairs = len(body) // 2
-        lo, hi = 0, pairs  # number of (user, assistant) pairs to drop
-        best: DecisionInput | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            cand = self.renderer.decision_input(system + body[2 * mid:] + list(new_turns))
-            if len(cand.ids) <= target:
-                best, hi = cand, mid - 1
-            else:
-                lo = mid + 1
-        if best is None:  # even the new turns alone overflow: cut the newest message's text
-            best = self._truncate_new(system, new_turns, target)
-            session.turns = list(system)
-        else:
-            session.turns = system + body[2 * (hi + 1):]
-        session.drop_cache()
-        session.trims += 1
-        log.info("context overflow in %s: kept %d turns (%d tokens)", session.key,
-                 len(session.turns), len(best.ids))
-        return best
-
-    def _truncate_new(self, system: list[Turn], new_turns: Sequence[Turn],
-                      target: int) -> DecisionInput:
-        last = list(new_turns)[-1]
-        text = last.content or ""
-        while True:
-            text = text[: max(1, len(text) // 2)]
-            cand = self.renderer.decision_input(system + [Turn("user", text, last.name)])
-            if len(cand.ids) <= target or len(text) <= 1:
-                return cand
+    def _fit(self, session: Session, new_turns: Sequence[Turn]
+             ) -> tuple[DecisionInput, list[Turn]]:
+        return fit_context(self.renderer, session, new_turns, max_context=self.max_context,
+                           max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
 
     # -- model calls -------------------------------------------------------------------
     def _forward(self, session: Session, ids: list[int], keep: int) -> Any:
@@ -230,7 +193,7 @@ class TransformersEngine:
         new_turns = [t for t in new_turns if t.role == "user"]
         if not new_turns:
             raise ValueError("decide() needs at least one new user turn")
-        d = self._fit(session, new_turns)
+        d, new_turns = self._fit(session, new_turns)
         start, recomputed = self._sync_prefix(session, d.ids)
         suffix = d.ids[start:]
         n_marker = len(d.ids) - d.marker_start
@@ -309,7 +272,7 @@ class TransformersEngine:
         n_marker = len(d.ids) - d.marker_start
         logits = self._forward(tmp, d.ids, keep=n_marker + 1)
         logp = self.torch.log_softmax(logits[:n_marker], dim=-1)
-        marker = self.torch.tensor(d.ids[d.marker_start:])
+        marker = self.torch.tensor(d.ids[d.marker_start:], device=logp.device)
         return math.exp(float(logp.gather(1, marker[:, None]).sum()))
 
     def close(self) -> None:
