@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# ("operator torchvision::nms does not exist") and then breaks transformers' imports.
 	# chimein needs no vision code: remove it.
 	$(PY) -m pip uninstall -q -y torchvision || true
-	$(PY) -c "import torch, transformers, peft, trl, aiosqlite, slack_bolt, discord, openvino; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(PY) -c "import torch, transformers, peft, trl, datasets, aiosqlite, slack_bolt, discord, openvino, openvino_genai, optimum.intel, bitsandbytes; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 
 test: setup

@@ -395,10 +395,7 @@ class DiscordAdapter:
             if t is not None:
                 turns.append(assistant(t.text) if t.is_self else user(t.author_name, t.text))
         # Checked again (the fetches above awaited); nothing awaits between here and observe.
-        if self.core.sessions.peek(msg.key) is None:
-            session = self.core.sessions.get(msg.key)
-            if turns:
-                self.core.engine.observe(session, turns)
+        self.core.seed_context(msg.key, turns)
 
     async def _on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         msg = payload.message

@@ -547,10 +547,7 @@ class SlackAdapter:
                              for m in earlier]
         # No await between the check and the write: the core's worker for this key has no
         # session yet, so nothing races with this.
-        if self.core.sessions.peek(key) is None:
-            session = self.core.sessions.get(key)
-            if turns:
-                self.core.engine.observe(session, turns)
+        self.core.seed_context(key, turns)
         log.debug("slack: seeded %s with %d earlier message(s)", key, len(turns))
 
     # -- delivery -------------------------------------------------------------------------

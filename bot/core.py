@@ -343,6 +343,21 @@ class Core:
                     raise
         return text, decision, reason, engine.version
 
+    def seed_context(self, key: ConversationKey, turns: Sequence[Turn]) -> bool:
+        """Give a conversation new to the bot its earlier history (a thread's messages fetched
+        from the platform): context for the model only. They are not stored, and the store
+        withholds bot turns that repeat them. False (and nothing done) if the conversation
+        already has a session. Call it with no await between checking and calling."""
+        if self.sessions.peek(key) is not None:
+            return False
+        session = self.sessions.get(key)
+        note = getattr(self.store, "note_context", None)
+        if note is not None:
+            note(key, [t.content for t in turns if t.role == "user" and t.content])
+        if turns:
+            self.engine.observe(session, list(turns))
+        return True
+
     async def announce(self, key: ConversationKey, text: str,
                        trigger: Message | None = None) -> str | None:
         """Post a notice that is not conversation (the end of an admin's retrain): it goes to

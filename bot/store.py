@@ -663,6 +663,13 @@ class Store:
             while len(mem.rows) > MAX_RECENT_ROWS:
                 mem.rows.popitem(last=False)
 
+    def note_context(self, key: ConversationKey, texts: Iterable[str]) -> None:
+        """Texts the model gets as context without their messages passing through
+        `record_message` (a thread's earlier messages fetched from the platform when the bot
+        first sees the thread): never stored, and bot turns that repeat them are withheld."""
+        for text in texts:
+            self._remember_unkept(key, text)
+
     def _remember_unkept(self, key: ConversationKey, text: object) -> None:
         """A text that was not kept (or no longer is) but may be in the model's context: bot
         turns of this conversation that repeat it are withheld. Never forgotten silently: see

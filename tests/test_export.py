@@ -370,3 +370,25 @@ def test_export_never_contains_a_non_consented_text(
         events: list[tuple[str, int, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_scenario(Path(tmp) / "s.sqlite3", events))
+
+
+async def test_a_bot_turn_quoting_thread_context_fetched_from_the_platform_is_withheld(
+        store: Store) -> None:
+    """A thread new to the bot gets its earlier messages as context straight from the platform
+    (Core.seed_context): they never pass through record_message, so the store must still know
+    not to keep a bot turn that repeats them."""
+    from bot.core import Core
+    from bot.engine.fake import ScriptedEngine
+    from bot.message import user
+    from bot.policy import Policy
+
+    thread = ConversationKey("test", "general", thread="t1")
+    eng = ScriptedEngine(answer=lambda turns: "Cy said: my pin is 4242 4242 tell nobody")
+    core = Core(eng, Policy(config_mod.Settings().policy, ["assistant"]), store=store)
+    assert core.seed_context(thread, [user("Cy", "my pin is 4242 4242 tell nobody")])
+    assert not core.seed_context(thread, [])  # once per conversation
+    async with core:
+        await core.handle(msg("ann", "assistant, what did cy say?", "2", 2.0, key=thread))
+        await core.flush()
+    dump = json.dumps([s.to_json() for s in await export(store, scrub=False)])
+    assert "4242" not in dump and "what did cy say?" in dump
