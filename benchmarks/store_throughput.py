@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEFAULT_SOURCE = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" /
                   "external" / "gitter-livechat" / "data" / "raw" /
                   "gitter_gitter_chatFormat.ascii.txt")
+# Without the shared copy: the repository's excerpt (its first 3,000 messages).
+EXCERPT = (Path(__file__).resolve().parent.parent / "tests" / "data" / "external" /
+           "gitter-livechat" / "gitter_gitter_first3000.txt")
 _RECORD = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] <([^>]*)> ?(.*)$", re.DOTALL)
 
 
@@ -175,10 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=10_000)
     p.add_argument("--conversations", type=int, default=16)
-    p.add_argument("--source", default=str(DEFAULT_SOURCE))
+    p.add_argument("--source", default=None,
+                   help="a Gitter chatFormat file (default: the shared copy of the whole room, "
+                        "else the repository's 3,000-message excerpt)")
     args = p.parse_args(argv)
+    if args.source is None:
+        args.source = str(DEFAULT_SOURCE if DEFAULT_SOURCE.exists() else EXCERPT)
+        if not DEFAULT_SOURCE.exists():
+            print(f"note: {DEFAULT_SOURCE} not found: using the excerpt {EXCERPT} "
+                  f"(at most 3,000 messages)", file=sys.stderr)
     if not Path(args.source).exists():
-        print(f"error: {args.source} not found (the shared external data)", file=sys.stderr)
+        print(f"error: {args.source} not found", file=sys.stderr)
         return 2
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
     return 0
