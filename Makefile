@@ -40,7 +40,7 @@ typecheck: setup
 	$(PY) -m mypy
 
 bench: setup
-	$(PY) benchmarks/decision_latency.py
+	$(PY) benchmarks/decision_latency.py --messages 120
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

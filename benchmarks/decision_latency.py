@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "cached_ms_median_last10": statistics.median(r["cached_ms"] for r in last),
         "uncached_ms_median_last10": statistics.median(r["uncached_ms"] for r in last),
         "max_abs_p_silence_diff": max(r["abs_diff"] for r in rows),
+        # memory: what one conversation's cache holds (runtime.max_kv_megabytes bounds the sum)
+        "kv_bytes": s.kv_bytes(),
+        "kv_bytes_per_token": s.kv_bytes() / max(1, len(s.ids)),
     }
     result["speedup_last10"] = (result["uncached_ms_median_last10"]
                                 / result["cached_ms_median_last10"])
