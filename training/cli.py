@@ -78,6 +78,22 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if loaded.errors else 0
 
 
+# -- data synth ----------------------------------------------------------------------------------
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Synthetic conversations from a teacher model on an OpenAI-compatible server.
+
+    Exit 0: OUT holds --n conversations; 1: the teacher's answers kept being rejected;
+    2: a setup or server error; 130: interrupted (what was accepted is kept).
+    """
+    from training.synth import SynthError, options, synthesize
+
+    try:
+        result = synthesize(options(args, _settings(args)))
+    except SynthError as e:
+        return _err(str(e))
+    return result.exit_code
+
+
 # -- train ---------------------------------------------------------------------------------------
 def _hyper_flags(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("hyperparameters (default: the config's [training] section)")
@@ -394,7 +410,7 @@ def add_commands(sub: Any) -> None:
 
 
 def add_data_commands(data_sub: Any) -> None:
-    """`chimein data check FILE...`."""
+    """`chimein data check FILE...` and `chimein data synth`."""
     sp = data_sub.add_parser("check", help="validate JSONL conversations (line numbers for "
                                            "every problem) and print stats")
     sp.add_argument("files", nargs="+", metavar="FILE")
@@ -402,3 +418,31 @@ def add_data_commands(data_sub: Any) -> None:
                     help="count tokens with this model's tokenizer (default: model.path, if set)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_data_check)
+
+    sp = data_sub.add_parser("synth", help="synthetic conversations from a teacher model on "
+                                           "your own OpenAI-compatible server (vLLM, llama.cpp, "
+                                           "Ollama)")
+    sp.add_argument("--out", required=True, metavar="OUT.jsonl",
+                    help="appended to; an existing file counts toward --n (resume)")
+    sp.add_argument("--n", type=int, required=True, help="conversations wanted in OUT in all")
+    sp.add_argument("--mode", choices=("seed", "free", "mix"), default="seed",
+                    help="seed: show 1-2 seed conversations per request (default); free: "
+                         "topics and the behaviour spec only; mix: either, at random")
+    sp.add_argument("--seeds", default=None, metavar="FILE.jsonl",
+                    help="seed conversations (default: the starter train set)")
+    sp.add_argument("--topics", default=None, metavar="A,B,C",
+                    help="comma-separated domains/topics (default: the starter's domains)")
+    sp.add_argument("--language", choices=("en", "zh", "mixed"), default=None,
+                    help="only this language (default: en/zh/mixed like the starter data)")
+    sp.add_argument("--base-url", default=None, metavar="URL",
+                    help="the server's API root (default: [openai] base_url)")
+    sp.add_argument("--model", default=None, metavar="NAME",
+                    help="the served teacher model (default: [openai] model)")
+    sp.add_argument("--temperature", type=float, default=None, help="default 0.9")
+    sp.add_argument("--max-tokens", type=int, default=3072, help="per generation")
+    sp.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="per request (default: [openai] timeout_seconds)")
+    sp.add_argument("--seed", type=int, default=0,
+                    help="samples the seeds, topics and behaviours (default 0)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_data_synth)
