@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 # Sentence ends: Latin punctuation followed by a space, or CJK full stops (no space follows).
 _SENTENCE_END = re.compile(r"[.!?…](?=\s)|[。！？]")
@@ -94,6 +94,23 @@ def _is_joiner(ch: str) -> bool:
 
 class AdapterError(RuntimeError):
     """A platform refused the bot's credentials or setup; the message says what to change."""
+
+
+class Lifecycle:
+    """`async with adapter:` starts it and closes it; the adapter defines start and close."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class SeenSet:

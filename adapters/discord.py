@@ -26,14 +26,14 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import discord
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from adapters.common import LRU, AdapterError, SeenSet, split_text, utf16_len
+from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text, utf16_len
 from bot.config import BotSettings, DiscordSettings
 from bot.core import Core
 from bot.message import (
@@ -181,7 +181,7 @@ def translate_message(msg: discord.Message, ident: DiscordIdentity,
 
 
 # -- the adapter ------------------------------------------------------------------------------
-class DiscordAdapter:
+class DiscordAdapter(Lifecycle):
     """Discord <-> core. `async with DiscordAdapter(...)` or `await start()` / `await close()`."""
 
     platform = PLATFORM
@@ -219,13 +219,6 @@ class DiscordAdapter:
         self.reconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     def _apply_urls(self) -> None:
         """discord.py reads its REST base from `Route.BASE` and its gateway from
         `DiscordWebSocket.DEFAULT_GATEWAY` (it does not ask /gateway/bot for one shard): set

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -40,7 +40,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.common import LRU, AdapterError, SeenSet, split_text
+from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text
 from bot.config import BotSettings, SlackSettings
 from bot.core import Core
 from bot.message import (
@@ -328,7 +328,7 @@ class NameCache:
 
 
 # -- the adapter ------------------------------------------------------------------------------
-class SlackAdapter:
+class SlackAdapter(Lifecycle):
     """Slack <-> core. `async with SlackAdapter(...)` or `await start()` / `await close()`."""
 
     platform = PLATFORM
@@ -373,13 +373,6 @@ class SlackAdapter:
         self.handled = 0
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
         """Check the tokens, then connect (Socket Mode) or start listening (HTTP)."""
         try:

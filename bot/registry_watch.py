@@ -51,6 +51,19 @@ def _valid_name(version: str) -> bool:
         and "\\" not in version and not version.startswith(".")
 
 
+def adapter_base(folder: Path, meta: dict[str, Any]) -> str:
+    """The base model of a LoRA adapter folder: metadata.json's, else adapter_config.json's
+    `base_model_name_or_path`; "" when neither says."""
+    base = str(meta.get("base_model") or "")
+    if not base:
+        try:
+            cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+            base = str(cfg.get("base_model_name_or_path") or "")
+        except (OSError, ValueError):
+            base = ""
+    return base
+
+
 def resolve_version(registry_dir: str | Path, version: str) -> ActiveModel:
     """A version folder -> the model path and adapter to load."""
     root = Path(registry_dir)
@@ -69,13 +82,7 @@ def resolve_version(registry_dir: str | Path, version: str) -> ActiveModel:
         if not isinstance(meta, dict):
             raise RegistryError(f"{meta_file}: metadata must be a JSON object")
     if (vdir / "adapter_config.json").exists():
-        base = str(meta.get("base_model") or "")
-        if not base:
-            try:
-                cfg = json.loads((vdir / "adapter_config.json").read_text(encoding="utf-8"))
-                base = str(cfg.get("base_model_name_or_path") or "")
-            except (OSError, ValueError):
-                base = ""
+        base = adapter_base(vdir, meta)
         if not base:
             raise RegistryError(f"{vdir}: a LoRA adapter without a base model in "
                                 f"{METADATA_FILE} or adapter_config.json")

@@ -190,12 +190,8 @@ def replay(engine: Any, examples: Sequence[Example], *, threshold: float,
         session = Session(ConversationKey("eval", str(ci)))
         if turns and turns[0].role == "system":
             engine.observe(session, [turns[0]])
-        ui = 0
-        for i, t in enumerate(turns):
-            if t.role != "user":
-                continue
-            nxt = turns[i + 1] if i + 1 < len(turns) else None
-            gold = nxt is not None and nxt.role == "assistant" and nxt.content is not None
+        for ui, (t, answer) in enumerate(user_turns(turns)):
+            gold = answer is not None
             shown = rewrite(t) if rewrite is not None else t
             t0 = time.perf_counter()
             d = engine.decide(session, [shown], threshold=threshold, force=False)
@@ -204,14 +200,23 @@ def replay(engine: Any, examples: Sequence[Example], *, threshold: float,
             session.pending = None
             if shown is not t and len(session.turns) >= 2:
                 session.turns[-2] = t
-            if gold and nxt is not None:
-                session.turns[-1] = nxt
+            if answer is not None:
+                session.turns[-1] = answer
             points.append(Point(ci, ui, addressed(t.content or ""), gold, d.p_silence, d.speak,
                                 latency))
-            ui += 1
         if progress is not None:
             progress(1)
     return points
+
+
+def user_turns(turns: Sequence[Turn]) -> Iterator[tuple[Turn, Turn | None]]:
+    """Each user turn with the gold answer after it (None: the gold is silence)."""
+    for i, t in enumerate(turns):
+        if t.role != "user":
+            continue
+        nxt = turns[i + 1] if i + 1 < len(turns) else None
+        yield t, (nxt if nxt is not None and nxt.role == "assistant" and nxt.content is not None
+                  else None)
 
 
 def rule_points(examples: Sequence[Example], addressed: Callable[[str], bool],
@@ -219,16 +224,9 @@ def rule_points(examples: Sequence[Example], addressed: Callable[[str], bool],
     """Decision points of a rule that looks only at whether a turn is addressed."""
     out = []
     for ci, ex in enumerate(examples):
-        turns = ex.turns
-        ui = 0
-        for i, t in enumerate(turns):
-            if t.role != "user":
-                continue
-            nxt = turns[i + 1] if i + 1 < len(turns) else None
-            gold = nxt is not None and nxt.role == "assistant" and nxt.content is not None
+        for ui, (t, answer) in enumerate(user_turns(ex.turns)):
             a = addressed(t.content or "")
-            out.append(Point(ci, ui, a, gold, None, rule(a)))
-            ui += 1
+            out.append(Point(ci, ui, a, answer is not None, None, rule(a)))
     return out
 
 

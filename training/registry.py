@@ -26,6 +26,7 @@ from bot.registry_watch import (
     ACTIVE_FILE,
     METADATA_FILE,
     RegistryError,
+    adapter_base,
     read_active,
     resolve_version,
 )
@@ -214,13 +215,7 @@ def describe_model(name: str) -> ModelRef:
     if p.is_dir():
         meta = read_metadata(p)
         if (p / "adapter_config.json").exists():
-            base = str(meta.get("base_model") or "")
-            if not base:
-                try:
-                    cfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
-                    base = str(cfg.get("base_model_name_or_path") or "")
-                except (OSError, ValueError):
-                    base = ""
+            base = adapter_base(p, meta)
             if not base:
                 raise RegistryError(f"{p}: a LoRA adapter whose base model is unknown; pass "
                                     "--base MODEL")
