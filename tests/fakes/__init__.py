@@ -7,11 +7,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from adapters.common import Lifecycle
 from bot.engine.base import Decision
 from bot.message import ConversationKey, Deletion, Edit, Message, Reaction, Turn
 
 
-class FakeServer:
+class FakeServer(Lifecycle):
     """What both fake servers share: `posts` (what the bot posted, in order) and waiting for a
     condition on their state, re-checked on every change (`_notify`)."""
 

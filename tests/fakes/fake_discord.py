@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 import zlib
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -129,13 +129,6 @@ class FakeDiscord(FakeServer):
         self.messages[self.general] = [starter]
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
         app = web.Application(client_max_size=8 * 2**20)
         app.router.add_get("/gateway", self._gateway)

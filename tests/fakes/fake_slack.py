@@ -24,7 +24,7 @@ import itertools
 import json
 import time
 import uuid
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -78,13 +78,6 @@ class FakeSlack(FakeServer):
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * 2**20)
         app.router.add_route("*", "/api/{method}", self._web_api)
