@@ -126,7 +126,10 @@ async def run_console(settings: Settings, store_path: str | None = None,
 
     out = out or sys.stdout
     if engine is None:
-        out.write(f"* loading {settings.model.path or '(model.path not set)'} ...\n")
+        what = settings.model.path or (
+            f"the active version of {settings.model.registry_dir}"
+            if settings.model.registry_dir else "(model.path not set)")
+        out.write(f"* loading {what} ...\n")
         out.flush()
         engine = await _load_engine(settings)
     store_cm: Any = contextlib.nullcontext(None)
