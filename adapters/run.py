@@ -176,7 +176,15 @@ async def _serve(core: Core, plans: list[tuple[str, AdapterFactory]],
             core.add_adapter(adapter)  # type: ignore[arg-type]
             adapters.append(adapter)
             log.info("starting the %s adapter", name)
-            await adapter.start()
+            try:
+                await adapter.start()
+            except (AdapterError, asyncio.CancelledError):
+                raise
+            except Exception as e:  # e.g. DNS or TLS failure: one line, the trace in -vv
+                log.debug("starting the %s adapter failed", name, exc_info=True)
+                raise AdapterError(f"the {name} adapter could not connect: "
+                                   f"{type(e).__name__}: {e} (check the network, a proxy, "
+                                   f"or {name}.api_base_url)") from e
     except AdapterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,15 @@ def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """bitsandbytes warns at import, on CPUs with AVX-512 bf16, that it cannot fetch an
+    optional faster kernel from the hub (`pip install kernels`): it works without it, and a
+    self-hosted bot should not fetch code from a hub anyway. Shown with -vv."""
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def build_core(settings: config_mod.Settings, engine: Any = None, store: Any = None) -> Any:

@@ -26,10 +26,12 @@ def add_data_commands(data_sub: Any) -> None:
     sp = data_sub.add_parser("export", help="export consented conversations from the store "
                                             "(JSONL, PII scrubbed)")
     sp.add_argument("out", metavar="OUT.jsonl", help="file to write (replaced atomically)")
+    _store_flag(sp)
     sp.set_defaults(func=cmd_export)
 
     sp = data_sub.add_parser("stats", help="what the store holds, per channel and user")
     sp.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _store_flag(sp)
     sp.set_defaults(func=cmd_stats)
 
     sp = data_sub.add_parser("forget", help="delete everything the store holds of one user "
@@ -37,7 +39,22 @@ def add_data_commands(data_sub: Any) -> None:
     sp.add_argument("--user", required=True, metavar="ID",
                     help="platform:user_id (e.g. slack:U012ABC); a bare id matches every "
                          "platform")
+    _store_flag(sp)
     sp.set_defaults(func=cmd_forget)
+
+
+def _store_flag(sp: Any) -> None:
+    sp.add_argument("--store", default=None, metavar="FILE",
+                    help="the SQLite store (default: store.path from the config), e.g. the "
+                         "file given to `chimein console --store`")
+
+
+def _load(args: Any) -> config_mod.Settings:
+    """The config, with --store in place of store.path when given."""
+    settings = config_mod.load(args.config)
+    if getattr(args, "store", None):
+        settings = config_mod.overrides(settings, store={"path": args.store})
+    return settings
 
 
 def _store_path(settings: config_mod.Settings) -> Path | None:
@@ -50,7 +67,7 @@ def _store_path(settings: config_mod.Settings) -> Path | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    settings = config_mod.load(args.config)
+    settings = _load(args)
     if _store_path(settings) is None:
         return 1
     from bot.store import ExportStats, StoreError, export_jsonl
@@ -79,7 +96,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    settings = config_mod.load(args.config)
+    settings = _load(args)
     if _store_path(settings) is None:
         return 1
     from bot.store import Store, StoreError
@@ -129,7 +146,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    settings = config_mod.load(args.config)
+    settings = _load(args)
     if _store_path(settings) is None:
         return 1
     from bot.store import Store, StoreError

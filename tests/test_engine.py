@@ -215,7 +215,7 @@ def test_session_store_bounds(tiny_lm, tiny_tokenizer):  # type: ignore[no-untyp
     assert dropped.cache is None and dropped.turns  # history kept, only KV dropped
 
 
-def test_load_errors_are_clear(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_load_errors_are_clear(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     gen = GenerationSettings()
     with pytest.raises(EngineError, match="model.path is empty"):
         TransformersEngine.from_settings(ModelSettings(path=""), gen)
@@ -224,8 +224,21 @@ def test_load_errors_are_clear(tmp_path) -> None:  # type: ignore[no-untyped-def
     (tmp_path / "empty").mkdir()
     with pytest.raises(EngineError, match="no config.json"):
         TransformersEngine.from_settings(ModelSettings(path=str(tmp_path / "empty")), gen)
-    with pytest.raises(EngineError, match="cannot load model"):
+    # a hub id, offline (the tests run with HF_HUB_OFFLINE=1)
+    with pytest.raises(EngineError, match="HF_HUB_OFFLINE=1 forbids downloading"):
         TransformersEngine.from_settings(ModelSettings(path="nobody/no-such-model"), gen)
+    # "models/nope" where ./models exists is a local typo, not a hub id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(EngineError, match="'models/nope' does not exist"):
+        TransformersEngine.from_settings(ModelSettings(path="models/nope"), gen)
+    # an OpenVINO export is not a transformers model
+    ov = tmp_path / "ov"
+    ov.mkdir()
+    (ov / "config.json").write_text("{}")
+    (ov / "openvino_model.xml").write_text("<net/>")
+    with pytest.raises(EngineError, match='OpenVINO export: serve it with model.backend'):
+        TransformersEngine.from_settings(ModelSettings(path=str(ov)), gen)
 
 
 def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]

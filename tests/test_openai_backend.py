@@ -147,3 +147,17 @@ def test_server_error_is_reported(server, tiny_tokenizer) -> None:  # type: igno
     remote = make(tiny_tokenizer, url.replace("/v1", "/nope"))
     with pytest.raises(EngineError, match="answered 404"):
         remote.decide(Session(KEY), [CHAT[0]], threshold=0.5)
+
+
+def test_an_unreachable_server_fails_at_start_up(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from bot.config import ModelSettings
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = OpenAISettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout_seconds=5)
+    with pytest.raises(EngineError, match="cannot reach the model server at .*set \\[openai\\]"):
+        OpenAIEngine.from_settings(ModelSettings(backend="openai", path=str(tiny_model_dir)),
+                                   api, GenerationSettings(max_new_tokens=4))

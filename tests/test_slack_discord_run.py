@@ -162,3 +162,21 @@ async def test_chimein_run_subprocess_answers_and_exits_on_sigterm(
         assert proc.returncode == 0, log
         assert "SIGTERM: shutting down" in log and "stopped" in log
         assert "Traceback" not in log
+
+
+async def test_an_unreachable_platform_is_one_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-x")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-x")
+    settings = parse({"store": {"path": str(tmp_path / "s.sqlite3")},
+                      "slack": {"enabled": True, "api_base_url": f"http://127.0.0.1:{port}/"}})
+    assert await asyncio.wait_for(run_all(settings, engine=ScriptedEngine()), 60) == 2
+    err = capsys.readouterr().err
+    assert "error: the slack adapter could not connect: " in err
+    assert "Traceback" not in err and "slack.api_base_url" in err

@@ -137,3 +137,19 @@ def test_a_store_from_a_newer_chimein_is_an_error_not_a_traceback(
     assert err.startswith("error: ") and "newer chimein" in err and "Traceback" not in err
     assert main(["--config", str(cfg), "data", "stats"]) == 2
     assert "newer chimein" in capsys.readouterr().err
+
+
+def test_store_flag_points_the_data_commands_at_any_file(
+        filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--store FILE` (e.g. the console's) instead of store.path: no config needed."""
+    db = tmp_path / "data" / "store.sqlite3"
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    assert main(["--config", str(empty), "data", "stats", "--json", "--store", str(db)]) == 0
+    assert str(db) in capsys.readouterr().out
+    out = tmp_path / "x.jsonl"
+    assert main(["--config", str(empty), "data", "export", str(out), "--store", str(db)]) == 0
+    assert "ann" not in out.read_text() and out.read_text().count("\n") == 1
+    assert main(["--config", str(empty), "data", "stats", "--store",
+                 str(tmp_path / "nope.sqlite3")]) == 1
+    assert "no store at" in capsys.readouterr().err

@@ -42,6 +42,9 @@ def _pick_sample(examples: list[Example]) -> Example:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from bot.cli import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__)
     p.add_argument("--output", default="models/tiny-demo",
                    help="where the demo model goes (default: models/tiny-demo)")

@@ -380,7 +380,13 @@ def load_base(base: str, device: str, qlora: bool) -> tuple[Any, Any]:
         model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=local,
                                                           **kwargs)
     except OSError as e:
-        raise TrainError(f"cannot load base model {base!r}: {str(e).splitlines()[0]}") from e
+        hint = ""
+        if not Path(base).expanduser().exists():
+            hint = (" (HF_HUB_OFFLINE=1 forbids downloading it: download it once without it)"
+                    if local else " (no such local folder, and the hub could not provide it: "
+                    "check the name and the network, or download it where there is one)")
+        raise TrainError(f"cannot load base model {base!r}: {str(e).splitlines()[0]}{hint}"
+                         ) from e
     except (ValueError, RuntimeError) as e:
         if qlora:
             raise TrainError(f"4-bit NF4 loading failed on {device}: {e} (bitsandbytes needs "

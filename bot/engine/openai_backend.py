@@ -69,9 +69,23 @@ class OpenAIEngine:
             raise EngineError(f"the openai backend renders prompts locally and needs the "
                               f"served model's tokenizer: cannot load {source!r} ({e})"
                               .split("\n")[0]) from e
-        return cls(tok, api, generation=generation, max_context_tokens=model.max_context_tokens,
-                   trim_to=model.trim_to, system_prompt=system_prompt,
-                   fallback_answer=fallback_answer or "Sorry, I don't have a good answer.")
+        engine = cls(tok, api, generation=generation,
+                     max_context_tokens=model.max_context_tokens, trim_to=model.trim_to,
+                     system_prompt=system_prompt,
+                     fallback_answer=fallback_answer or "Sorry, I don't have a good answer.")
+        engine.check_server()
+        return engine
+
+    def check_server(self) -> None:
+        """Fail at start-up, not on every message, when the server cannot be reached. Any
+        HTTP answer counts as reachable (not every server has GET /models)."""
+        import httpx
+
+        try:
+            self.client.get("models")
+        except httpx.HTTPError as e:
+            raise EngineError(f"cannot reach the model server at {self.api.base_url} ({e}): "
+                              "start it, or set [openai] base_url") from e
 
     # -- HTTP ------------------------------------------------------------------------------
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,14 @@ def load_ov_model(model: ModelSettings) -> tuple[Any, Any]:
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         ov_config["INFERENCE_NUM_THREADS"] = threads
+    # optimum warns on every load of a non-stateful IR ("does not contain state... re-export")
+    # and that it could not look the folder up on the hub: both are expected here (the cache
+    # must be croppable per conversation), so they are shown only with -vv.
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    optimum_log = logging.getLogger("optimum")
+    level = optimum_log.level
+    if quiet:
+        optimum_log.setLevel(logging.ERROR)
     try:
         tok = AutoTokenizer.from_pretrained(model.path, local_files_only=local_only)
         if not is_ir:
@@ -73,6 +81,8 @@ def load_ov_model(model: ModelSettings) -> tuple[Any, Any]:
                                                 local_files_only=local_only)
     except OSError as e:
         raise EngineError(f"cannot load model {model.path!r}: {e}".split("\n")[0]) from e
+    finally:
+        optimum_log.setLevel(level)
     if ov.stateful:
         raise EngineError(f"{model.path} holds a stateful OpenVINO model, whose KV cache cannot "
                           "be cropped per conversation: re-export it with `chimein export "

@@ -43,7 +43,9 @@ def _check_model_path(path: str) -> None:
         raise EngineError("model.path is empty: set it in config.toml ([model] path = ...) or "
                           "pass --model PATH (a local folder or a hub id)")
     p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
+    # "models/nope" is a local typo, not a hub id, when its first folder exists here
+    looks_local = (path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
+                   or (len(p.parts) > 1 and Path(p.parts[0]).is_dir()))
     if looks_local and not p.exists():
         raise EngineError(f"model path {path!r} does not exist")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
@@ -51,6 +53,10 @@ def _check_model_path(path: str) -> None:
             return
         raise EngineError(f"model path {path!r} has no config.json: not a transformers model "
                           "folder (for a registry folder use model.registry_dir)")
+    if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise EngineError(f"{path!r} is not a folder here, and HF_HUB_OFFLINE=1 forbids "
+                          "downloading it from the hub: download it once without "
+                          "HF_HUB_OFFLINE, or pass a local folder")
 
 
 def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
@@ -59,6 +65,12 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_model_path(model.path)
+    p = Path(model.path).expanduser()
+    if (p / "openvino_model.xml").exists() and not any(p.glob("*.safetensors")) \
+            and not any(p.glob("pytorch_model*.bin")):
+        raise EngineError(f"model path {model.path!r} is an OpenVINO export: serve it with "
+                          "model.backend = \"openvino\" (evaluation and training need the "
+                          "transformers model it was exported from)")
     device = resolve_device(model.device)
     kwargs: dict[str, Any] = {}
     if model.quantize == "nf4":
