@@ -49,12 +49,15 @@ def plan_adapters(settings: Settings) -> list[tuple[str, AdapterFactory]]:
     if settings.slack.enabled:
         bot_token = settings.require_secret("SLACK_BOT_TOKEN", "the Slack adapter")
         if settings.slack.mode == "socket":
-            app_token = settings.require_secret("SLACK_APP_TOKEN", "Slack Socket Mode")
+            app_token = settings.require_secret(
+                "SLACK_APP_TOKEN", "Slack Socket Mode",
+                "use the HTTP Events API instead ([slack] mode = \"http\")")
             secret = None
         else:
             app_token = None
-            secret = settings.require_secret("SLACK_SIGNING_SECRET",
-                                             "the Slack HTTP Events API (slack.mode = 'http')")
+            secret = settings.require_secret(
+                "SLACK_SIGNING_SECRET", "the Slack HTTP Events API",
+                "use Socket Mode instead ([slack] mode = \"socket\")")
 
         def make_slack(core: Core) -> RunnableAdapter:
             from adapters.slack import SlackAdapter

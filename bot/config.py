@@ -176,19 +176,21 @@ class Settings:
         value = os.environ.get(name, "").strip()
         return value or None
 
-    def require_secret(self, name: str, what: str) -> str:
+    def require_secret(self, name: str, what: str, instead: str = "") -> str:
+        """The secret, or a ConfigError naming the variable; `instead`: the config change
+        that makes it unnecessary (default: disabling `what`)."""
         value = self.secret(name)
         if value is None:
+            alt = instead or f"disable {what} in the config"
             raise ConfigError([(f"{what} needs the environment variable {name}; set it "
-                                f"(export {name}=...) or disable {what} in the config")],
-                              self.source)
+                                f"(export {name}=...) or {alt}")], self.source)
         return value
 
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is tuple:
-        return f"list of {_type_name(get_args(tp)[0])}"
+        return f"list of {_type_name(get_args(tp)[0])}s"
     if origin is dict:
         return "table"
     args = [a for a in get_args(tp) if a is not type(None)]
