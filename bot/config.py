@@ -190,7 +190,7 @@ class Settings:
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is tuple:
-        return f"list of {_type_name(get_args(tp)[0])}s"
+        return f"list of {_type_name(get_args(tp)[0])}"
     if origin is dict:
         return "table"
     args = [a for a in get_args(tp) if a is not type(None)]
@@ -206,7 +206,7 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
     if origin is tuple:
         if not isinstance(value, list):
             errors.append(f"{key} = {value!r} is not allowed: expected a list of "
-                          f"{_type_name(args[0])}")
+                          f"{_type_name(args[0])}s, e.g. [{value!r}]")
             return None
         return tuple(_coerce(v, args[0], f"{key}[{i}]", errors) for i, v in enumerate(value))
     if origin is dict:
