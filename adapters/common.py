@@ -7,6 +7,7 @@ space; only a single unbroken run longer than the limit is cut mid-word.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -96,14 +97,16 @@ class AdapterError(RuntimeError):
     """A platform refused the bot's credentials or setup; the message says what to change."""
 
 
-class Lifecycle:
+class Lifecycle(abc.ABC):
     """`async with adapter:` starts it and closes it; the adapter defines start and close."""
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Connect (or start listening)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Disconnect and release everything start() took."""
 
     async def __aenter__(self) -> Self:
         await self.start()

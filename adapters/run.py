@@ -100,8 +100,11 @@ def _signals_set(stop: asyncio.Event) -> Any:
         try:
             loop.add_signal_handler(sig, _on_signal, stop, sig)
             installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            pass
+        except (NotImplementedError, RuntimeError) as e:
+            # asyncio's signal handlers exist only in the main thread on Unix: elsewhere (a
+            # test's thread, Windows) the `stop` event is the way to stop, and Ctrl-C still
+            # raises KeyboardInterrupt in the main thread
+            log.debug("no %s handler here (%s): stop through the stop event", sig.name, e)
     try:
         yield
     finally:
