@@ -3,6 +3,7 @@ the console adapter): consent for everyone, settings for admins, never from bots
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sqlite3
 from collections.abc import AsyncIterator
@@ -53,15 +54,21 @@ class Chat:
             con.close()
 
 
-@pytest.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
-    s = settings(tmp_path)
+@contextlib.asynccontextmanager
+async def open_chat(s: config_mod.Settings) -> AsyncIterator[Chat]:
+    """The real core with the store at s.store.path and a scripted model."""
     async with Store.from_settings(s.store) as store:
         core = build_core(s, engine=ScriptedEngine(), store=store)
         adapter = QueueAdapter()
         core.add_adapter(adapter)
         async with core:
             yield Chat(core, adapter, store)
+
+
+@pytest.fixture
+async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
+    async with open_chat(settings(tmp_path)) as c:
+        yield c
 
 
 async def test_optin_status_optout_forget_round_trip(chat: Chat) -> None:
@@ -100,18 +107,14 @@ async def test_admin_commands_are_refused_politely_to_others(chat: Chat) -> None
 async def test_mode_and_threshold_change_the_policy_and_survive_a_restart(
         tmp_path: Path) -> None:
     s = settings(tmp_path)
-    async with Store.from_settings(s.store) as store:
-        core = build_core(s, engine=ScriptedEngine(), store=store)
-        adapter = QueueAdapter()
-        core.add_adapter(adapter)
-        async with core:
-            chat = Chat(core, adapter, store)
-            assert "now mention" in (await chat.say("admin", "@assistant mode mention") or "")
-            assert "now 0.7" in (await chat.say("admin", "@assistant threshold 0.7") or "")
-            assert "must be a number from 0 to 1" in (
-                await chat.say("admin", "@assistant threshold 7") or "")
-            assert "Unknown mode" in (await chat.say("admin", "@assistant mode loud") or "")
-            assert core.policy.mode(K) == "mention" and core.policy.threshold(K) == 0.7
+    async with open_chat(s) as chat:
+        core = chat.core
+        assert "now mention" in (await chat.say("admin", "@assistant mode mention") or "")
+        assert "now 0.7" in (await chat.say("admin", "@assistant threshold 0.7") or "")
+        assert "must be a number from 0 to 1" in (
+            await chat.say("admin", "@assistant threshold 7") or "")
+        assert "Unknown mode" in (await chat.say("admin", "@assistant mode loud") or "")
+        assert core.policy.mode(K) == "mention" and core.policy.threshold(K) == 0.7
     async with Store.from_settings(s.store) as store:  # a restart: a new core, the same file
         core = build_core(s, engine=ScriptedEngine(), store=store)
         assert core.policy.mode(K) == "mention" and core.policy.threshold(K) == 0.7
