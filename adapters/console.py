@@ -121,8 +121,7 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       engine: Any = None) -> int:
     """`chimein console`: load the model, then chat on stdin/stdout."""
     from bot.cli import build_core
-    from bot.registry_watch import RegistryWatcher
-    from bot.retrain_job import wire_admin_commands
+    from bot.retrain_job import admin_services
 
     out = out or sys.stdout
     if engine is None:
@@ -142,16 +141,11 @@ async def run_console(settings: Settings, store_path: str | None = None,
         store_cm = Store.from_settings(replace(settings.store, path=store_path))
     async with store_cm as store:
         core = build_core(settings, engine=engine, store=store)
-        async with core, RegistryWatcher(core, settings) as watcher:
-            job = wire_admin_commands(core, watcher, settings)
+        async with core, admin_services(core, settings):
             out.write("* chimein console: type 'name: message' (e.g. 'alice: hi'); "
                       "/who, /quit\n")
             out.flush()
-            try:
-                await console_session(core, lines or _stdin_lines(), out)
-            finally:
-                if job is not None:
-                    await job.close()
+            await console_session(core, lines or _stdin_lines(), out)
     return 0
 
 

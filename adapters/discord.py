@@ -33,7 +33,15 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text, utf16_len
+from adapters.common import (
+    LRU,
+    AdapterError,
+    Lifecycle,
+    SeenSet,
+    split_text,
+    strip_controls,
+    utf16_len,
+)
 from bot.config import BotSettings, DiscordSettings
 from bot.core import Core
 from bot.message import (
@@ -69,14 +77,12 @@ _CONVERSATION_TYPES = {discord.MessageType.default, discord.MessageType.reply,
                        discord.MessageType.chat_input_command,
                        discord.MessageType.context_menu_command}
 _TOKEN = re.compile(r"<(@!?|@&|#|a?:\w+:|t:|/[\w -]+:)(\d+)(:[tTdDfFR])?>")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class DiscordIdentity:
     bot_user_id: int
     bot_name: str = "assistant"
-    bot_role_ids: frozenset[int] = frozenset()
 
 
 # -- pure translation -------------------------------------------------------------------------
@@ -104,7 +110,7 @@ def render_content(content: str, ident: DiscordIdentity, *,
     `</cmd:id>` -> `/cmd`; control characters (NUL...) are dropped.
     """
     users, roles, channels = users or {}, roles or {}, channels or {}
-    bot_roles = set(bot_role_ids) | set(ident.bot_role_ids)
+    bot_roles = set(bot_role_ids)
     mentions_bot = False
 
     def sub(m: re.Match[str]) -> str:
@@ -133,7 +139,7 @@ def render_content(content: str, ident: DiscordIdentity, *,
         return ":" + kind.rstrip(":").split(":")[1] + ":"  # custom emoji
 
     text = _TOKEN.sub(sub, content or "")
-    return _CONTROL.sub("", text), mentions_bot
+    return strip_controls(text), mentions_bot
 
 
 def translate_message(msg: discord.Message, ident: DiscordIdentity,

@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from adapters.common import AdapterError
@@ -78,20 +77,6 @@ def plan_adapters(settings: Settings) -> list[tuple[str, AdapterFactory]]:
     return plans
 
 
-def _open_store(settings: Settings) -> contextlib.AbstractAsyncContextManager[Any]:
-    """The message store when this build has one (bot.store), else run without persistence."""
-    try:
-        from bot.store import Store
-    except ModuleNotFoundError as e:
-        if e.name != "bot.store":
-            raise
-        log.warning("no message store in this build: nothing is persisted and the consent "
-                    "commands are off")
-        return contextlib.nullcontext(None)
-    Path(settings.store.path).parent.mkdir(parents=True, exist_ok=True)
-    return Store.from_settings(settings.store)  # path, default_logging, retention_days
-
-
 @contextlib.contextmanager
 def _signals_set(stop: asyncio.Event) -> Any:
     loop = asyncio.get_running_loop()
@@ -135,31 +120,25 @@ async def run_all(settings: Settings, *, engine: Any = None,
               "[discord] enabled = true)", file=sys.stderr)
         return 2
     stop = stop or asyncio.Event()
+    from adapters.console import _load_engine
     from bot.cli import build_core
-    from bot.registry_watch import RegistryWatcher
-    from bot.retrain_job import wire_admin_commands
+    from bot.retrain_job import admin_services
+    from bot.store import Store
 
     rc = 0
     with _signals_set(stop):  # a SIGTERM while the model loads is a clean stop too
         if engine is None:
-            from bot.engine import load_engine
-
             log.info("loading model %s", settings.model.path or settings.model.registry_dir)
-            engine = await asyncio.to_thread(load_engine, settings)
+            engine = await _load_engine(settings)
         if stop.is_set():
             log.info("stopped before starting")
             return 0
-        async with _open_store(settings) as store:
+        async with Store.from_settings(settings.store) as store:
             core = build_core(settings, engine=engine, store=store)
             adapters: list[RunnableAdapter] = []
             try:
-                async with RegistryWatcher(core, settings) as watcher:
-                    job = wire_admin_commands(core, watcher, settings)
-                    try:
-                        rc = await _serve(core, plans, adapters, stop)
-                    finally:
-                        if job is not None:
-                            await job.close()
+                async with admin_services(core, settings):
+                    rc = await _serve(core, plans, adapters, stop)
             finally:
                 # Answers already queued still go out, then nothing new comes in.
                 with contextlib.suppress(asyncio.TimeoutError):

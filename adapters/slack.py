@@ -40,7 +40,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text
+from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text, strip_controls
 from bot.config import BotSettings, SlackSettings
 from bot.core import Core
 from bot.message import (
@@ -72,7 +72,6 @@ _SPOKEN_SUBTYPES = {None, "thread_broadcast", "file_share", "me_message", "bot_m
 _TOKEN = re.compile(r"<([^<>\n]{1,500})>")
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 # C0 controls other than tab/newline/carriage return carry nothing a chat can show.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def render_text(text: str, names: Mapping[str, str], ident: SlackIdentity) -> tu
     out = _TOKEN.sub(sub, text or "")
     # Slack escapes only these three; unescape after the <...> tokens are gone.
     out = out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    return _CONTROL.sub("", out), mentions_bot
+    return strip_controls(out), mentions_bot
 
 
 def slack_escape(text: str) -> str:
@@ -288,7 +287,6 @@ class NameCache:
         self.ttl = ttl
         self._names: LRU = LRU(size)
         self._inflight: dict[str, asyncio.Future[str]] = {}
-        self.lookups = 0
 
     def peek(self, uid: str) -> str | None:
         hit = self._names.get(uid)
@@ -306,7 +304,6 @@ class NameCache:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[uid] = fut
         try:
-            self.lookups += 1
             resp = await self.client.users_info(user=uid)
             name, ttl = display_name(resp.get("user") or {}), self.ttl
         except asyncio.CancelledError:
@@ -344,7 +341,6 @@ class SlackAdapter(Lifecycle):
         self.settings = settings
         self.bot = bot
         self.ping_interval = ping_interval
-        self._bot_token = bot_token
         self._app_token = app_token
         self._signing_secret = signing_secret
         self.client = AsyncWebClient(
@@ -367,7 +363,6 @@ class SlackAdapter(Lifecycle):
             weakref.WeakValueDictionary())
         self._status_supported = True
         self._status_off: set[str] = set()  # channels whose threads refused a status
-        self._inflight: dict[str, asyncio.Future[bool]] = {}
         self._closed = asyncio.Event()
         self.duplicates = 0
         self.handled = 0
@@ -453,61 +448,48 @@ class SlackAdapter(Lifecycle):
     # -- intake ---------------------------------------------------------------------------
     async def _on_event(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """bolt listener for every subscribed event (arguments are injected by name)."""
-        event_id = body.get("event_id")
-        if not event_id:
-            await self._handle_event(event)
-            return
-        # A redelivery that arrives while the first delivery is still being handled waits for
-        # it: acknowledging it at once would lose the event if the first one then failed
-        # (Slack does not retry an acknowledged delivery).
-        while (pending := self._inflight.get(event_id)) is not None:
-            if await asyncio.shield(pending):
-                self.duplicates += 1
-                log.debug("slack: event %s redelivered while handled; handled once", event_id)
-                return
-        if event_id in self._events:
-            self.duplicates += 1
-            log.debug("slack: event %s redelivered; already handled", event_id)
-            return
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._inflight[event_id] = done
-        try:
-            await self._handle_event(event)
-        except BaseException:
-            done.set_result(False)  # not handled: a waiting or later retry gets through
-            raise
-        else:
-            self._events.add(event_id)
-            done.set_result(True)
-        finally:
-            self._inflight.pop(event_id, None)
+        await self._handle_event(event, body.get("event_id"))
 
-    async def _handle_event(self, event: Mapping[str, Any]) -> None:
+    async def _handle_event(self, event: Mapping[str, Any], event_id: str | None = None) -> None:
         channel = str(event.get("channel") or (event.get("item") or {}).get("channel") or "")
         lock = self._locks.get(channel)
         if lock is None:
             lock = self._locks[channel] = asyncio.Lock()
-        async with lock:  # one channel's events reach the core in the order they arrived
-            names = await self.names.resolve(user_ids_to_resolve(event, self.identity))
-            ev = translate_event(event, self.identity, names, self._own)
-            if ev is None:
+        # One channel's events reach the core in the order they arrived. A redelivery (same
+        # event id) waits here for the first delivery: if that one failed it is not marked
+        # handled, and this one is handled instead of being acknowledged as a repeat (Slack
+        # never retries an acknowledged delivery).
+        async with lock:
+            if event_id and event_id in self._events:
+                self.duplicates += 1
+                log.debug("slack: event %s redelivered; already handled", event_id)
                 return
-            if isinstance(ev, Message):
-                if not self._messages.add((ev.key.channel, ev.message_id)):
-                    self.duplicates += 1  # the same message as `message` and `app_mention`
-                    return
-                self._recent.put((ev.key.channel, ev.message_id), ev)
-                if ev.is_self:
-                    return
-                if ev.key.thread and self.core.sessions.peek(ev.key) is None:
-                    await self._seed_thread(ev)
-            try:
-                await self.core.handle(ev)
-            except BaseException:
-                if isinstance(ev, Message):  # not handled: its retry must not look like a repeat
-                    self._messages.discard((ev.key.channel, ev.message_id))
-                raise
-            self.handled += 1
+            await self._deliver(event)
+            if event_id:
+                self._events.add(event_id)
+
+    async def _deliver(self, event: Mapping[str, Any]) -> None:
+        """Translate one event and hand it to the core (the channel's lock is held)."""
+        names = await self.names.resolve(user_ids_to_resolve(event, self.identity))
+        ev = translate_event(event, self.identity, names, self._own)
+        if ev is None:
+            return
+        if isinstance(ev, Message):
+            if not self._messages.add((ev.key.channel, ev.message_id)):
+                self.duplicates += 1  # the same message as `message` and `app_mention`
+                return
+            self._recent.put((ev.key.channel, ev.message_id), ev)
+            if ev.is_self:
+                return
+            if ev.key.thread and self.core.sessions.peek(ev.key) is None:
+                await self._seed_thread(ev)
+        try:
+            await self.core.handle(ev)
+        except BaseException:
+            if isinstance(ev, Message):  # not handled: its retry must not look like a repeat
+                self._messages.discard((ev.key.channel, ev.message_id))
+            raise
+        self.handled += 1
 
     async def _seed_thread(self, msg: Message) -> None:
         """A thread new to the bot: its earlier messages (the parent first) become context, so

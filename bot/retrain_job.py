@@ -10,10 +10,11 @@ store, and when it ends asks the watcher to pick up the new active version: the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,21 @@ class RetrainJob:
             assert self.task is not None
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def admin_services(core: Any, settings: Settings) -> AsyncIterator[RetrainJob | None]:
+    """What a running bot needs besides its adapters: following the model registry, and the
+    admin `reload` / `retrain` commands (a retrain still running at the end is stopped)."""
+    from bot.registry_watch import RegistryWatcher
+
+    async with RegistryWatcher(core, settings) as watcher:
+        job = wire_admin_commands(core, watcher, settings)
+        try:
+            yield job
+        finally:
+            if job is not None:
+                await job.close()
 
 
 def wire_admin_commands(core: Any, watcher: RegistryWatcher, settings: Settings,
