@@ -402,17 +402,21 @@ class DiscordAdapter(Lifecycle):
             return  # an embed was resolved: no new text
         if payload.cached_message is not None and payload.cached_message.content == msg.content:
             return
-        key = await self._key_for(msg.channel)
-        ev = translate_message(msg, self.identity, key)
-        if ev is None or ev.is_self:
-            return
-        await self.core.handle(Edit(key, str(msg.id), str(msg.author.id), ev.text))
+        # Under the channel's lock, like new messages: an edit or deletion must not overtake
+        # the message it is about while that one still awaits a thread lookup.
+        async with self._lock(payload.channel_id):
+            key = await self._key_for(msg.channel)
+            ev = translate_message(msg, self.identity, key)
+            if ev is None or ev.is_self:
+                return
+            await self.core.handle(Edit(key, str(msg.id), str(msg.author.id), ev.text))
 
     async def _on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         channel = self.client.get_channel(payload.channel_id) or \
             self.client.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        key = await self._key_for(channel)
-        await self.core.handle(Deletion(key, str(payload.message_id)))
+        async with self._lock(payload.channel_id):
+            key = await self._key_for(channel)
+            await self.core.handle(Deletion(key, str(payload.message_id)))
 
     async def _reaction(self, payload: discord.RawReactionActionEvent, added: bool) -> None:
         if payload.user_id == self.identity.bot_user_id:
@@ -420,13 +424,14 @@ class DiscordAdapter(Lifecycle):
         own = self._own.get(payload.message_id)
         if own is None and payload.message_author_id != self.identity.bot_user_id:
             return  # feedback is reactions on the bot's own messages only
-        if own is None:
-            channel = self.client.get_channel(payload.channel_id) or \
-                self.client.get_partial_messageable(payload.channel_id,
-                                                    guild_id=payload.guild_id)
-            own = await self._key_for(channel)
-        await self.core.handle(Reaction(own, str(payload.message_id), str(payload.user_id),
-                                        str(payload.emoji), added=added))
+        async with self._lock(payload.channel_id):
+            if own is None:
+                channel = self.client.get_channel(payload.channel_id) or \
+                    self.client.get_partial_messageable(payload.channel_id,
+                                                        guild_id=payload.guild_id)
+                own = await self._key_for(channel)
+            await self.core.handle(Reaction(own, str(payload.message_id), str(payload.user_id),
+                                            str(payload.emoji), added=added))
 
     async def _on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self._reaction(payload, True)
