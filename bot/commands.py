@@ -31,7 +31,6 @@ from bot.policy import MODES, Policy
 
 log = logging.getLogger(__name__)
 
-USER_COMMANDS = ("optin", "optout", "forget", "status", "help")
 ADMIN_COMMANDS = ("logging", "mode", "threshold", "retrain", "reload")
 
 # A quote, a code block or a forwarded snippet: someone is showing text, not saying it.

@@ -31,6 +31,7 @@ from bot.message import (
     Reply,
     Turn,
     assistant,
+    model_view_text,
 )
 from bot.policy import Policy
 from bot.sessions import SessionStore
@@ -248,13 +249,8 @@ class Core:
         await self._decide(key, session, turns, humans, addressed)
 
     def _turn(self, m: Message) -> Turn:
-        text = m.text.replace("\x00", "")
-        limit = self.runtime.max_message_chars
-        if len(text) > limit:
-            text = text[:limit] + " …[truncated]"
-        if not text.strip() and m.attachments:
-            text = "[attachment: " + ", ".join(m.attachments) + "]"
-        return Turn("user", text, m.author_name)
+        return Turn("user", model_view_text(m.text, m.attachments,
+                                            self.runtime.max_message_chars), m.author_name)
 
     async def _flush_context(self, session: Any, turns: list[Turn]) -> None:
         if turns:

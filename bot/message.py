@@ -7,6 +7,7 @@ beyond the standard library), so the core can be tested without Slack or Discord
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -116,3 +117,15 @@ def user(name: str, text: str) -> Turn:
 
 def assistant(text: str | None) -> Turn:
     return Turn("assistant", text, "assistant")
+
+
+def model_view_text(text: str, attachments: Sequence[str] = (),
+                    max_chars: int | None = None) -> str:
+    """A user message as the model sees it at inference (the core, and the store's export): NUL
+    removed, cut at `max_chars` (None: whole), attachments named when there is no text."""
+    text = text.replace("\x00", "")
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars] + " …[truncated]"
+    if not text.strip() and attachments:
+        text = "[attachment: " + ", ".join(attachments) + "]"
+    return text

@@ -66,6 +66,9 @@ class Addressing:
         words = sorted({w.strip() for w in wake_words if w and w.strip()}, key=len, reverse=True)
         self.wake_words = words
         self._patterns = [p for w in words for p in _wake_patterns(w)]
+        alts = "|".join(re.escape(w) for w in words)
+        self._leading = re.compile(rf"^\s*@?(?:{alts})(?![\w'’-])", re.IGNORECASE) \
+            if words else None
 
     def is_addressed(self, text: str, mentions_bot: bool = False) -> bool:
         if mentions_bot:
@@ -77,8 +80,7 @@ class Addressing:
     def leads_with_wake_word(self, text: str) -> bool:
         """The message starts with a wake word ("assistant optin"), address or not: where the
         rest is exactly a command, it is one (the command parser decides)."""
-        return any(re.match(rf"^\s*@?{re.escape(w)}(?![\w'’-])", text, re.IGNORECASE)
-                   for w in self.wake_words)
+        return bool(self._leading and self._leading.match(text))
 
     def strip_address(self, text: str) -> str:
         """The message without its leading address: "assistant, optin" -> "optin"."""

@@ -327,14 +327,14 @@ def _national_ok(value: str) -> bool:
     return 10 <= len(digits) <= 11 and len(set(digits)) > 2
 
 
-_PRESIDIO_WARNED = False
+_PRESIDIO_UNUSABLE = False
 _ANALYZER: Any = None
 
 
 def _presidio_analyzer(use: bool | None) -> Any:
     """One shared Presidio AnalyzerEngine (it loads a spaCy model: seconds, once)."""
-    global _PRESIDIO_WARNED, _ANALYZER
-    if use is False:
+    global _PRESIDIO_UNUSABLE, _ANALYZER
+    if use is False or (use is None and _PRESIDIO_UNUSABLE):  # failed once: not every time
         return None
     if _ANALYZER is not None:
         return _ANALYZER
@@ -351,8 +351,8 @@ def _presidio_analyzer(use: bool | None) -> Any:
     except Exception as e:  # e.g. its spaCy model is not installed and there is no network
         if use:
             raise
-        if not _PRESIDIO_WARNED:
+        if not _PRESIDIO_UNUSABLE:
             log.warning("Presidio is installed but could not start (%s); scrubbing with "
                         "patterns only", e)
-            _PRESIDIO_WARNED = True
+            _PRESIDIO_UNUSABLE = True
         return None

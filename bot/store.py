@@ -77,7 +77,7 @@ import aiosqlite
 
 from bot.config import StoreSettings
 from bot.engine.base import Decision
-from bot.message import ConversationKey, Deletion, Edit, Message, Reaction
+from bot.message import ConversationKey, Deletion, Edit, Message, Reaction, model_view_text
 from bot.scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -379,18 +379,6 @@ class _Unkept:
 
 def _memory_key(key: ConversationKey) -> ConversationKey:
     return ConversationKey(key.platform, key.channel, key.thread or None)
-
-
-def model_view_text(text: str, attachments: Sequence[str] = (),
-                    max_chars: int | None = None) -> str:
-    """A user message as the model sees it at inference (mirrors bot.core.Core._turn): NUL
-    removed, cut at `max_chars` (None: whole), attachments named when there is no text."""
-    text = text.replace("\x00", "")
-    if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars] + " …[truncated]"
-    if not text.strip() and attachments:
-        text = "[attachment: " + ", ".join(attachments) + "]"
-    return text
 
 
 class Store:

@@ -19,7 +19,7 @@ from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import Decision, EngineError
-from bot.engine.context import fit_context
+from bot.engine.context import fit_context, render_decision
 from bot.message import Turn
 from bot.render import ASSISTANT_NAME, DecisionInput, Renderer, strip_markers, with_silences
 from bot.sessions import Session
@@ -161,11 +161,6 @@ class TransformersEngine:
         session.pending = None
         session.turns = with_silences(session.turns + list(new_turns))
 
-    def _fit(self, session: Session, new_turns: Sequence[Turn]
-             ) -> tuple[DecisionInput, list[Turn]]:
-        return fit_context(self.renderer, session, new_turns, max_context=self.max_context,
-                           max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
-
     # -- model calls -------------------------------------------------------------------
     def _forward(self, session: Session, ids: list[int], keep: int) -> Any:
         """Run `ids` on top of the session's cache; returns logits of the last `keep` rows."""
@@ -205,16 +200,12 @@ class TransformersEngine:
         new_turns = [t for t in new_turns if t.role == "user"]
         if not new_turns:
             raise ValueError("decide() needs at least one new user turn")
-        d, new_turns = self._fit(session, new_turns)
+        d, new_turns = fit_context(self.renderer, session, new_turns,
+                                   max_context=self.max_context,
+                                   max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
         start, recomputed = self._sync_prefix(session, d.ids)
         suffix = d.ids[start:]
-        n_marker = len(d.ids) - d.marker_start
-        # logits row r predicts token r+1: keep the row before the marker and the marker rows
-        logits = self._forward(session, suffix, keep=n_marker + 1)
-        logp = self.torch.log_softmax(logits[:n_marker], dim=-1)
-        marker = self.torch.tensor(d.ids[d.marker_start:], device=logp.device)
-        lp = float(logp.gather(1, marker[:, None]).sum())
-        p_silence = math.exp(lp)
+        p_silence = self._p_marker(session, d, suffix)
         session.ids = list(d.ids)
         session.turns = with_silences(session.turns + new_turns)  # ends with the silence turn
         speak = force or p_silence < threshold
@@ -279,10 +270,15 @@ class TransformersEngine:
 
     def score_silence(self, turns: Sequence[Turn]) -> float:
         """p_silence for a whole conversation ending in user turns, with no cache (a check)."""
-        d = self.renderer.decision_input(with_silences(list(turns))[:-1])
-        tmp = Session(key=None)  # type: ignore[arg-type]
+        d = render_decision(self.renderer, (), turns)
+        return self._p_marker(Session(key=None), d, d.ids)  # type: ignore[arg-type]
+
+    def _p_marker(self, session: Session, d: DecisionInput, feed: list[int]) -> float:
+        """Feed `feed` (the end of `d.ids`) on top of the session's cache; the probability of
+        the whole `(silence)` marker that ends `d`."""
         n_marker = len(d.ids) - d.marker_start
-        logits = self._forward(tmp, d.ids, keep=n_marker + 1)
+        # logits row r predicts token r+1: keep the row before the marker and the marker rows
+        logits = self._forward(session, feed, keep=n_marker + 1)
         logp = self.torch.log_softmax(logits[:n_marker], dim=-1)
         marker = self.torch.tensor(d.ids[d.marker_start:], device=logp.device)
         return math.exp(float(logp.gather(1, marker[:, None]).sum()))
