@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-STARTER = Path(__file__).resolve().parent.parent / "training" / "starter" / "train.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from bot import config
-    from training.data import read_file, write_jsonl
+    from training.data import STARTER_DIR, read_file, write_jsonl
     from training.finetune import Hyper, train
 
     settings = config.Settings()
-    examples = read_file(STARTER).examples[: args.conversations]
+    examples = read_file(STARTER_DIR / "train.jsonl").examples[: args.conversations]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = root / "train.jsonl"

@@ -17,10 +17,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STARTER = Path(__file__).resolve().parent / "starter"
-STARTER_TRAIN = STARTER / "train.jsonl"
-STARTER_VALID = STARTER / "valid.jsonl"
-
 
 def _settings(args: argparse.Namespace) -> Any:
     from bot import config
@@ -145,6 +141,7 @@ def _hyper(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from training.data import STARTER_DIR
     from training.finetune import TrainError, summary, train
     from training.registry import RegistryError, new_version_dir
 
@@ -154,9 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "no base")
     base = args.base or settings.training.base_model or None
     hp = _hyper(args, settings)
-    data = args.data or ([str(STARTER_TRAIN)] if STARTER_TRAIN.exists() else [])
+    starter_train, starter_valid = STARTER_DIR / "train.jsonl", STARTER_DIR / "valid.jsonl"
+    data = args.data or ([str(starter_train)] if starter_train.exists() else [])
     valid = args.valid if args.valid is not None else (
-        [str(STARTER_VALID)] if not args.data and STARTER_VALID.exists() else [])
+        [str(starter_valid)] if not args.data and starter_valid.exists() else [])
     try:
         if args.output:
             out = Path(args.output)
@@ -201,7 +199,7 @@ def _resolve_model(args: argparse.Namespace, settings: Any) -> str | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from bot import config
     from bot.engine.base import EngineError
-    from training.data import read_files
+    from training.data import STARTER_DIR, read_files
     from training.evaluate import evaluate, format_table, load_engines, plot_pr
     from training.registry import RegistryError
 
@@ -212,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not model:
         return _err("no model: pass --model DIR (a registry version, a model folder or a hub "
                     "id) or set model.path / model.registry_dir in the config")
-    files = args.data or [str(STARTER_VALID)]
+    files = args.data or [str(STARTER_DIR / "valid.jsonl")]
     loaded = read_files(files)
     for e in loaded.errors:
         print(f"skipped {e}", file=sys.stderr)
@@ -304,6 +302,7 @@ def cmd_models_activate(args: argparse.Namespace) -> int:
 
 # -- retrain -------------------------------------------------------------------------------------
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from training.data import STARTER_DIR
     from training.retrain import RetrainError, retrain
 
     settings = _settings(args)
@@ -312,7 +311,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                           exported=args.data or [], from_store=args.data_from_store,
                           base=args.base, flags=_flags(args), device=args.device,
                           starter=not args.no_starter, promote=not args.no_promote,
-                          starter_dir=Path(args.starter) if args.starter else STARTER,
+                          starter_dir=Path(args.starter) if args.starter else STARTER_DIR,
                           progress=not args.quiet and not args.json)
     except RetrainError as e:
         return _err(str(e))

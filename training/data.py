@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from bot.transcript import Conversation, iter_jsonl
 
 log = logging.getLogger(__name__)
 
+STARTER_DIR = Path(__file__).resolve().parent / "starter"  # the bundled starter data set
 LANGUAGES = ("en", "zh", "mixed")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
@@ -322,9 +322,3 @@ def split(examples: Sequence[Example], valid_fraction: float = 0.1, seed: int = 
     train = [ex for ex in examples if id(ex) not in valid_ids]
     valid = [ex for ex in examples if id(ex) in valid_ids]
     return train, valid
-
-
-def shuffled(examples: Sequence[Example], seed: int) -> list[Example]:
-    out = list(examples)
-    random.Random(seed).shuffle(out)
-    return out

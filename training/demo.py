@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from training.data import Example
 
-STARTER = Path(__file__).resolve().parent / "starter"
-
 
 def _pick_sample(examples: list[Example]) -> Example:
     """A validation conversation that has both answers and silences, short enough to read."""
@@ -43,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from bot.cli import quiet_libraries
+    from training.data import STARTER_DIR
 
     quiet_libraries()
     p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__)
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=None, help="override the tiny preset")
     p.add_argument("--quick", action="store_true",
                    help="a much shorter run (smoke test of the demo itself)")
-    p.add_argument("--starter", default=str(STARTER), metavar="DIR",
+    p.add_argument("--starter", default=str(STARTER_DIR), metavar="DIR",
                    help="folder with train.jsonl and valid.jsonl (default: the starter set)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="CPU threads for torch (default: every core)")

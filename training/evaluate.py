@@ -20,14 +20,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bot.message import ConversationKey, Turn
 from bot.render import RESPONSE, SILENCE
 from bot.sessions import Session
-from training.data import Example
+from training.data import Example, decision_points
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,10 @@ def replay(engine: Any, examples: Sequence[Example], *, threshold: float,
         session = Session(ConversationKey("eval", str(ci)))
         if turns and turns[0].role == "system":
             engine.observe(session, [turns[0]])
-        for ui, (t, answer) in enumerate(user_turns(turns)):
-            gold = answer is not None
+        for ui, dp in enumerate(decision_points(turns)):
+            t = turns[dp.index]
+            answer = turns[dp.index + 1] if dp.speak else None
+            gold = dp.speak
             shown = rewrite(t) if rewrite is not None else t
             t0 = time.perf_counter()
             d = engine.decide(session, [shown], threshold=threshold, force=False)
@@ -209,25 +211,10 @@ def replay(engine: Any, examples: Sequence[Example], *, threshold: float,
     return points
 
 
-def user_turns(turns: Sequence[Turn]) -> Iterator[tuple[Turn, Turn | None]]:
-    """Each user turn with the gold answer after it (None: the gold is silence)."""
-    for i, t in enumerate(turns):
-        if t.role != "user":
-            continue
-        nxt = turns[i + 1] if i + 1 < len(turns) else None
-        yield t, (nxt if nxt is not None and nxt.role == "assistant" and nxt.content is not None
-                  else None)
-
-
-def rule_points(examples: Sequence[Example], addressed: Callable[[str], bool],
-                rule: Callable[[bool], bool]) -> list[Point]:
-    """Decision points of a rule that looks only at whether a turn is addressed."""
-    out = []
-    for ci, ex in enumerate(examples):
-        for ui, (t, answer) in enumerate(user_turns(ex.turns)):
-            a = addressed(t.content or "")
-            out.append(Point(ci, ui, a, answer is not None, None, rule(a)))
-    return out
+def rule_points(points: Sequence[Point], rule: Callable[[bool], bool]) -> list[Point]:
+    """The same decision points decided by a rule that looks only at whether a turn is
+    addressed (no model numbers)."""
+    return [replace(p, p_silence=None, pred=rule(p.addressed), latency_ms=0.0) for p in points]
 
 
 @dataclass
@@ -287,13 +274,11 @@ def evaluate(engine: Any, examples: Sequence[Example], *, threshold: float,
         points = replay(engine, examples, threshold=threshold, addressed=is_addr,
                         progress=tick)
         rows = {"model": score(points, "model")}
-        deployed = [Point(p.conversation, p.turn, p.addressed, p.gold, p.p_silence,
-                          p.pred or p.addressed, p.latency_ms) for p in points]
+        deployed = [replace(p, pred=p.pred or p.addressed) for p in points]
         rows["deployed"] = score(deployed, "deployed")
         rows["deployed"].best_threshold = None  # the address rule makes the sweep meaningless
-        rows["always_silent"] = score(rule_points(examples, is_addr, lambda a: False),
-                                      "always_silent")
-        rows["answer_when_addressed"] = score(rule_points(examples, is_addr, lambda a: a),
+        rows["always_silent"] = score(rule_points(points, lambda a: False), "always_silent")
+        rows["answer_when_addressed"] = score(rule_points(points, lambda a: a),
                                               "answer_when_addressed")
         base_points: list[Point] = []
         if base_engine is not None:

@@ -16,7 +16,6 @@ fp16 autocast. `--from-scratch tiny` trains a small tokenizer and model from the
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -112,16 +111,19 @@ class TrainResult:
 
 # -- devices and precision ------------------------------------------------------------------------
 def resolve_device(device: str) -> str:
-    import torch
+    """The engine's `resolve_device` (auto -> cuda if available), with the errors in terms of
+    the `--device` flag; only auto, cpu and cuda are accepted."""
+    from bot.engine.base import EngineError
+    from bot.engine.transformers_backend import resolve_device as engine_resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda, but no CUDA device is available here "
-                         "(torch.cuda.is_available() is False): use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
+    if device not in ("auto", "cpu", "cuda"):
         raise TrainError(f"unknown device {device!r}: use auto, cpu or cuda")
-    return device
+    try:
+        return engine_resolve_device(device)
+    except EngineError:
+        raise TrainError("--device cuda, but no CUDA device is available here "
+                         "(torch.cuda.is_available() is False): use --device cpu or auto"
+                         ) from None
 
 
 def precision(device: str) -> tuple[Any, bool, bool]:
@@ -597,7 +599,3 @@ def summary(result: TrainResult) -> str:
                   else "")
         lines.append(f"validation loss {before}{result.eval_loss:.4f}")
     return "\n".join(lines)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

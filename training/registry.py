@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,7 +226,3 @@ def describe_model(name: str) -> ModelRef:
             base = ""
         return ModelRef(str(p), "", p.name, base, meta)
     return ModelRef(name, "", name.rstrip("/").split("/")[-1], name, {})
-
-
-def elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 2)

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.data import Example, read_files, sha256_file, split, write_jsonl
+from training.data import STARTER_DIR, Example, read_files, sha256_file, split, write_jsonl
 
 log = logging.getLogger(__name__)
-
-STARTER = Path(__file__).resolve().parent / "starter"
 
 
 class RetrainError(RuntimeError):
@@ -55,23 +53,11 @@ class Outcome:
 
 def export_from_store(settings: Any, out: Path) -> int:
     """Consented conversations from the store into `out` (JSONL); returns how many."""
-    try:
-        import bot.store as store_mod
-    except ModuleNotFoundError as e:
-        if e.name != "bot.store":
-            raise
-        raise RetrainError("this installation has no message store (bot.store): export "
-                           "conversations to JSONL and pass them with --data FILE") from None
     import asyncio
 
-    async def _run() -> int:
-        return int(await store_mod.export_jsonl(settings, out))
+    import bot.store
 
-    exporter = getattr(store_mod, "export_jsonl", None)
-    if exporter is None:
-        raise RetrainError("bot.store has no export_jsonl(settings, path): export with "
-                           "`chimein data export` and pass the file with --data FILE")
-    return asyncio.run(_run())
+    return asyncio.run(bot.store.export_jsonl(settings, out))
 
 
 def mark_export_used(settings: Any, path: Path) -> int:
@@ -97,7 +83,7 @@ def _load(paths: Sequence[str | Path]) -> list[Example]:
 def retrain(settings: Any, *, registry: Path, exported: Sequence[str] = (),
             from_store: bool = False, base: str | None = None, hp: Any = None,
             flags: dict[str, Any] | None = None, device: str = "auto", starter: bool = True,
-            promote: bool = True, starter_dir: Path = STARTER, progress: bool = True
+            promote: bool = True, starter_dir: Path = STARTER_DIR, progress: bool = True
             ) -> Outcome:
     """`hp`: the hyperparameters as they are; or `flags`: the ones given on the command line
     (None = not given), over the config's [training] section, and, when the active version

@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 from bot.policy import Addressing
 from bot.render import ASSISTANT_NAME
 from bot.transcript import parse_line
-from training.data import LANGUAGES, Example, detect_language, read_file
+from training.data import LANGUAGES, STARTER_DIR, Example, detect_language, read_file
 
-STARTER_TRAIN = Path(__file__).resolve().parent / "starter" / "train.jsonl"
+STARTER_TRAIN = STARTER_DIR / "train.jsonl"
 
 MODES = ("seed", "free", "mix")
 MIN_USER_TURNS, MAX_USER_TURNS = 6, 16

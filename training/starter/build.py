@@ -20,9 +20,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from training.data import LANGUAGES, Example, decision_points, read_file, split, write_jsonl
+from training.data import (
+    LANGUAGES,
+    STARTER_DIR,
+    Example,
+    decision_points,
+    read_file,
+    split,
+    write_jsonl,
+)
 
-HERE = Path(__file__).resolve().parent
 VALID_FRACTION = 0.1
 SEED = 0
 BEHAVIOURS = ("addressed", "follow-up", "chime-in", "hard-negative", "never-speaks", "refusal")
@@ -48,6 +55,7 @@ def describe(train: Sequence[Example], valid: Sequence[Example]) -> dict[str, di
         langs: Counter[str] = Counter()
         behaviours: Counter[str] = Counter()
         domains: Counter[str] = Counter()
+        turns: Counter[int] = Counter()  # user turns per conversation
         user_turns = speak = addressed = never = 0
         for ex in exs:
             langs[ex.language] += 1
@@ -56,6 +64,7 @@ def describe(train: Sequence[Example], valid: Sequence[Example]) -> dict[str, di
                     continue
                 (behaviours if t in BEHAVIOURS else domains)[t] += 1
             points = decision_points(ex.turns)
+            turns[len(points)] += 1
             user_turns += len(points)
             speak += sum(p.speak for p in points)
             addressed += sum(addressing.is_addressed(p.text) for p in points)
@@ -64,7 +73,7 @@ def describe(train: Sequence[Example], valid: Sequence[Example]) -> dict[str, di
                      "domains": domains, "user_turns": user_turns, "speak": speak,
                      "addressed": addressed, "never_speaks": never,
                      "speakers": Counter(_speakers(ex) for ex in exs),
-                     "turns": Counter(len(decision_points(ex.turns)) for ex in exs)}
+                     "turns": turns}
     return out
 
 
@@ -129,7 +138,7 @@ def readme(stats: dict[str, dict[str, Any]], sources: Sequence[tuple[str, int]],
     return "\n".join(lines) + "\n"
 
 
-def build(parts_dir: Path = HERE / "parts", out_dir: Path = HERE) -> tuple[int, int, list[str]]:
+def build(parts_dir: Path = STARTER_DIR / "parts", out_dir: Path = STARTER_DIR) -> tuple[int, int, list[str]]:
     """Merge, split and write; returns (train, valid, problems)."""
     problems: list[str] = []
     examples: list[Example] = []
@@ -161,7 +170,7 @@ def main() -> int:
     n_train, n_valid, problems = build()
     for p in problems:
         print(f"left out {p}", file=sys.stderr)
-    print(f"wrote {n_train} train and {n_valid} valid conversations to {HERE} "
+    print(f"wrote {n_train} train and {n_valid} valid conversations to {STARTER_DIR} "
           f"({len(problems)} problem(s))")
     return 0
 
