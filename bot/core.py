@@ -66,7 +66,7 @@ class Store(Protocol):
 
     async def record_decision(self, key: ConversationKey, decision: Decision, *,
                               model_version: str, addressed: bool, message_id: str | None,
-                              mode: str) -> None: ...
+                              mode: str, address: str | None = None) -> None: ...
 
     async def record_bot_turn(self, key: ConversationKey, text: str, *,
                               message_id: str | None, in_reply_to: str | None,

@@ -205,6 +205,9 @@ ALTER TABLE channels ADD COLUMN mode TEXT;
 ALTER TABLE channels ADD COLUMN threshold REAL;
 CREATE INDEX messages_author ON messages (author_id) WHERE author_id IS NOT NULL;
 """),
+    (3, "decisions say how the batch addressed the bot (direct, ambiguous, follow-up)", """
+ALTER TABLE decisions ADD COLUMN address TEXT;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -932,19 +935,21 @@ class Store:
 
     async def record_decision(self, key: ConversationKey, decision: Decision, *,
                               model_version: str, addressed: bool, message_id: str | None,
-                              mode: str) -> None:
-        """Every decision, in every channel, without text or author (for metrics)."""
+                              mode: str, address: str | None = None) -> None:
+        """Every decision, in every channel, without text or author (for metrics). `address`
+        is how the decided message addressed the bot: "direct", "ambiguous", "follow-up" or
+        None (see bot.policy)."""
         now = time.time()
 
         async def op(db: aiosqlite.Connection) -> None:
             cid = await self._conversation(db, key)
             await db.execute(
                 "INSERT INTO decisions (conversation_id, ts, message_id, addressed, mode, "
-                "p_silence, speak, forced, fed_tokens, recomputed, latency_ms, model_version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "p_silence, speak, forced, fed_tokens, recomputed, latency_ms, model_version, "
+                "address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (cid, now, message_id, int(addressed), mode, decision.p_silence,
                  int(decision.speak), int(decision.forced), decision.fed_tokens,
-                 int(decision.recomputed), decision.latency_ms, model_version))
+                 int(decision.recomputed), decision.latency_ms, model_version, address))
             await self._seen_version(db, model_version, now)
             mem = self._memory(cid)
             if message_id is not None and message_id in mem.rows:
