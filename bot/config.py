@@ -88,6 +88,7 @@ class OpenAISettings:
 class ChannelPolicy:
     mode: str | None = _opt(None, choices=(None, "mention", "semi-active", "always"))
     threshold: float | None = _opt(None, lo=0.0, hi=1.0)
+    ambiguous_threshold: float | None = _opt(None, lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ class PolicySettings:
     dm_mode: str = _opt("always", choices=("mention", "semi-active", "always"))
     cooldown_max_chimeins: int = _opt(3, lo=0, hi=10_000)
     cooldown_window_seconds: float = _opt(600.0, lo=0, hi=86400 * 7)
+    # Messages that may be addressed ("ambiguous") and a person's next message right after an
+    # answer to them ("follow-up") are decided by the model with this more lenient threshold.
+    ambiguous_threshold: float = _opt(0.8, lo=0.0, hi=1.0)
+    follow_up_seconds: float = _opt(300.0, lo=0, hi=86400)
+    # In one burst (messages that arrived while the model was busy), answer at most this many
+    # addresses, and at most this many per person; beyond that the bot says once that it is
+    # catching up and who should ask again.
+    max_answers_per_batch: int = _opt(8, lo=1, hi=1000)
+    max_answers_per_user: int = _opt(3, lo=1, hi=1000)
     channels: dict[str, ChannelPolicy] = _opt(factory=dict)  # noqa: RUF009 - a field()
 
 

@@ -196,6 +196,26 @@ def _resolve_model(args: argparse.Namespace, settings: Any) -> str | None:
     return settings.model.path or None
 
 
+def _eval_addresses(args: argparse.Namespace, wake_words: Any) -> int:
+    """`chimein eval --addresses [FILE ...]`: the address rule alone, per category."""
+    from training.address_eval import PUBLIC_SET, evaluate, read_set, table
+
+    rows = []
+    for f in args.addresses or [str(PUBLIC_SET)]:
+        p = Path(f)
+        if not p.is_file():
+            return _err(f"no such file: {p}")
+        got, errors = read_set(p)
+        for e in errors:
+            print(f"skipped {e}", file=sys.stderr)
+        rows += got
+    if not rows:
+        return _err("no labelled message to evaluate")
+    result = evaluate(rows, wake_words)
+    print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else table(result))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from bot import config
     from bot.engine.base import EngineError
@@ -204,6 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.registry import RegistryError
 
     settings = _settings(args)
+    if args.addresses is not None:
+        return _eval_addresses(args, settings.bot.wake_words)
     if args.device:
         settings = config.overrides(settings, model={"device": args.device})
     model = _resolve_model(args, settings)
@@ -370,6 +392,10 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--plot", default=None, metavar="OUT.png",
                     help="write a precision-recall plot")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--addresses", nargs="*", default=None, metavar="FILE",
+                    help="instead: precision/recall of the address rule per category on "
+                         "labelled messages (default: tests/data/address/messages.jsonl); "
+                         "no model needed")
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("retrain", help="export consented conversations, mix with the starter "
