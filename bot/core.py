@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,8 +93,14 @@ class DecisionRecord:
     mode: str
     decision: Decision | None  # None when the model was not run (mention mode, command)
     text: str | None  # what was posted
-    reason: str  # "model", "addressed", "listen-only", "cooldown", "command", "error"
+    reason: str  # "model", "addressed", "always", "listen-only", "cooldown", "command"
     latency_ms: float
+    # How the decided message addressed the bot: "direct", "ambiguous", "follow-up" or None
+    # (see bot.policy). `addressed` is `address == "direct"`.
+    address: str | None = None
+
+
+_APOLOGY = "Sorry, something went wrong on my side; please try again in a moment."
 
 
 class _NullTyping(contextlib.AbstractAsyncContextManager[None]):
@@ -201,6 +208,10 @@ class Core:
 
     # -- processing ---------------------------------------------------------------------
     async def _process(self, key: ConversationKey, batch: Sequence[Event]) -> None:
+        """One batch, in arrival order. Every address (and every command) is a decision point
+        of its own: it is decided, and answered in its own place, with the history up to it
+        (earlier answers of this batch included). Unaddressed messages between two points are
+        context for the next one; those after the last point get one decision together."""
         messages: list[Message] = []
         for ev in batch:
             if isinstance(ev, Message):
@@ -215,21 +226,24 @@ class Core:
         if not messages:
             return
         session = self.sessions.get(key)
-        turns: list[Turn] = []  # in arrival order: humans and other bots
+        turns: list[Turn] = []  # since the last decision point: humans and other bots
         humans: list[Message] = []
-        addressed = False
+        answers: Counter[str] = Counter()  # direct answers per author in this batch
+        behind: list[Message] = []  # addresses past the caps: told to ask again
+        settings = self.policy.settings
         for m in messages:
             if m.is_self:
                 continue  # already in history: the core put it there when it posted it
             if m.is_bot:
                 turns.append(self._turn(m))  # context only: other bots are never answered
                 continue
-            is_addr = self.policy.is_addressed(m)
+            address = self.policy.address(m)
+            self.policy.note_message(m)
             # "assistant optin" is no address by the wake-word rules (that would make
             # "assistant manager" one), but a whole message that is a command after the wake
             # word is a command.
             if self.commands is not None and (
-                    is_addr or self.policy.addressing.leads_with_wake_word(m.text)):
+                    address == "direct" or self.policy.addressing.leads_with_wake_word(m.text)):
                 answer = await self.commands.handle(
                     m, self.policy.addressing.strip_address(m.text))
                 if answer is not None:
@@ -238,15 +252,48 @@ class Core:
                     turns = []
                     await self._post(key, answer, m, addressed=True)
                     await self._notify(DecisionRecord(key, (m,), True, self.policy.mode(
-                        key, m.is_dm), None, answer, "command", 0.0))
+                        key, m.is_dm), None, answer, "command", 0.0, "direct"))
                     continue
-            addressed = addressed or is_addr
             turns.append(self._turn(m))
             humans.append(m)
-        if not humans:
+            if address == "direct":
+                if (sum(answers.values()) >= settings.max_answers_per_batch
+                        or answers[m.author_id] >= settings.max_answers_per_user):
+                    behind.append(m)  # context for what comes next, and named below
+                    continue
+                answers[m.author_id] += 1
+            elif address is None or sum(answers.values()) >= settings.max_answers_per_batch:
+                continue
+            await self._point(key, session, turns, humans, address)
+            turns, humans = [], []
+        if humans:
+            await self._point(key, session, turns, humans, None)
+        else:
             await self._flush_context(session, turns)
-            return
-        await self._decide(key, session, turns, humans, addressed)
+        if behind:
+            await self._catching_up(key, behind)
+
+    async def _point(self, key: ConversationKey, session: Any, turns: list[Turn],
+                     humans: list[Message], address: str | None) -> None:
+        """One decision point; an error is logged here so the batch's later points (other
+        people's questions) still get their answers."""
+        try:
+            await self._decide(key, session, turns, humans, address)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.errors += 1
+            log.exception("error while deciding on %d message(s) in %s", len(humans), key)
+
+    async def _catching_up(self, key: ConversationKey, behind: list[Message]) -> None:
+        """Said once for a burst past the caps: who was not answered, rather than nobody."""
+        names = list(dict.fromkeys(m.author_name for m in behind))
+        who = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+        text = (f"I'm catching up with a lot of questions at once and couldn't answer "
+                f"{len(behind)} of them. {who}: please ask me again in a moment.")
+        await self._post(key, text, behind[0], addressed=False)
+        await self._notify(DecisionRecord(key, tuple(behind), True, self.policy.mode(
+            key, behind[0].is_dm), None, text, "catching-up", 0.0, "direct"))
 
     def _turn(self, m: Message) -> Turn:
         return Turn("user", model_view_text(m.text, m.attachments,
@@ -261,33 +308,40 @@ class Core:
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def _decide(self, key: ConversationKey, session: Any, new_turns: list[Turn],
-                      humans: list[Message], addressed: bool) -> None:
+                      humans: list[Message], address: str | None) -> None:
         t0 = time.perf_counter()
         last = humans[-1]
         mode = self.policy.mode(key, last.is_dm)
         msgs = tuple(humans)
-        if mode == "mention" and not addressed:
+        addressed = address == "direct"
+        if mode == "mention" and address is None:
             await self._run(self.engine.observe, session, new_turns)  # cheap listen-only
             await self._notify(DecisionRecord(key, msgs, False, mode, None, None, "listen-only",
-                                              (time.perf_counter() - t0) * 1000))
+                                              (time.perf_counter() - t0) * 1000, None))
             return
         force = addressed or mode == "always"
-        threshold = self.policy.threshold(key)
+        lenient = address in ("ambiguous", "follow-up")
+        threshold = self.policy.ambiguous_threshold(key) if lenient else \
+            self.policy.threshold(key)
         async with self._gate:
             await self._gate.wait_for(lambda: not self._swapping)
             self._inflight += 1
         try:
             text, decision, reason, version = await self._decide_and_respond(
-                key, session, new_turns, last, addressed, force, threshold)
+                key, session, new_turns, last, addressed, force, threshold,
+                cooldown=not (force or lenient))
         finally:
             async with self._gate:
                 self._inflight -= 1
                 self._gate.notify_all()
         if text is not None:
-            if not force:
+            if not (force or lenient):
                 self.policy.record_chimein(key)
             latency = (time.perf_counter() - t0) * 1000
-            posted_id = await self._post(key, text, last, addressed=addressed)
+            # An answer to a (possible) address goes where that message expects it.
+            posted_id = await self._post(key, text, last, addressed=addressed or lenient)
+            if address is not None:  # an answer to a person, not a chime-in to the channel
+                self.policy.note_answered(last)
             if self.store is not None:
                 await self.store.record_bot_turn(key, text, message_id=posted_id,
                                                  in_reply_to=last.message_id,
@@ -298,15 +352,15 @@ class Core:
         if self.store is not None:
             await self.store.record_decision(key, decision, model_version=version,
                                              addressed=addressed, message_id=last.message_id,
-                                             mode=mode)
+                                             mode=mode, address=address)
         # on the inference thread: never drop a cache another decision is using
         await self._run(self.sessions.enforce_bytes, keep=key)
         await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
-                                          latency))
+                                          latency, address))
 
     async def _decide_and_respond(self, key: ConversationKey, session: Any,
                                   new_turns: list[Turn], last: Message, addressed: bool,
-                                  force: bool, threshold: float
+                                  force: bool, threshold: float, *, cooldown: bool
                                   ) -> tuple[str | None, Decision, str, str]:
         engine = self.engine
         try:
@@ -315,12 +369,11 @@ class Core:
         except Exception:
             session.drop_cache()  # the state may be half-updated: recompute next time
             if addressed:
-                await self._post(key, "Sorry, something went wrong on my side; please try "
-                                 "again in a moment.", last, addressed=True)
+                await self._post(key, _APOLOGY, last, addressed=True)
             raise
         reason = "addressed" if addressed else "always" if force else "model"
         text: str | None = None
-        if decision.speak and not force and not self.policy.allow_chimein(key):
+        if decision.speak and cooldown and not self.policy.allow_chimein(key):
             reason = "cooldown"  # the session already holds the silence turn
             session.pending = None
             decision = Decision(decision.p_silence, False, False, decision.fed_tokens,
@@ -334,8 +387,7 @@ class Core:
                 except Exception:
                     session.drop_cache()
                     if addressed:
-                        await self._post(key, "Sorry, something went wrong on my side; please "
-                                         "try again in a moment.", last, addressed=True)
+                        await self._post(key, _APOLOGY, last, addressed=True)
                     raise
         return text, decision, reason, engine.version
 

@@ -147,9 +147,11 @@ async def test_commands_never_come_from_bots_quotes_or_mid_sentence(chat: Chat) 
     # The bot's own message and another bot's are never commands.
     await chat.say("assistant", "@assistant logging off", is_self=True)
     await chat.say("ci-bot", "@assistant logging off", is_bot=True)
-    # A quote of the command, a command word that is not first, a longer sentence: the
-    # model answers them (the scripted engine echoes), nothing changes.
-    for text in ("> @assistant logging off", "@assistant > logging off",
+    # A quoted line is not an address at all (someone quoting the command): silence.
+    assert await chat.say("admin", "> @assistant logging off") is None
+    # A command word that is not first, a longer sentence: the model answers them (the
+    # scripted engine echoes), nothing changes.
+    for text in ("@assistant > logging off",
                  "@assistant please logging off", "@assistant logging off and mode always",
                  "@assistant help me fix the build", "@assistant forget it",
                  "@assistant optin\nand also this"):

@@ -43,7 +43,9 @@ async def test_addressed_is_answered_and_silence_posts_nothing(queue_adapter) ->
     assert queue_adapter.typing_count == 1
 
 
-async def test_burst_while_busy_is_coalesced_into_one_decision(queue_adapter) -> None:  # type: ignore[no-untyped-def]
+async def test_burst_while_busy_answers_the_address_in_its_place(queue_adapter) -> None:  # type: ignore[no-untyped-def]
+    """A burst is one batch, but an address in it is a decision point of its own: "a" is its
+    context, "c" after it gets one more decision (Bob was just answered: a follow-up)."""
     eng = ScriptedEngine(delay=0.2)
     core, records = make_core(eng)
     core.add_adapter(queue_adapter)
@@ -54,9 +56,12 @@ async def test_burst_while_busy_is_coalesced_into_one_decision(queue_adapter) ->
             await core.handle(msg(K1, "Bob", t, i))
         await core.flush()
     decides = [c for c in eng.calls if c[0] == "decide"]
-    assert decides == [("decide", 1), ("decide", 3)]  # one decision for the burst of three
-    assert records[-1].addressed and len(records[-1].messages) == 3
-    assert [r.text for r in queue_adapter.sent] == ["echo: c"]  # answered after the last one
+    assert decides == [("decide", 1), ("decide", 2), ("decide", 1)]
+    assert [m.text for m in records[1].messages] == ["a", "assistant, b?"]
+    assert records[1].addressed and records[1].address == "direct"
+    assert records[2].address == "follow-up" and records[2].text is None
+    assert [(r.text, r.in_reply_to) for r in queue_adapter.sent] == [
+        ("echo: assistant, b?", "c1-2")]
 
 
 async def test_burst_while_the_model_is_busy_with_another_channel_is_coalesced(
