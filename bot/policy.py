@@ -42,13 +42,15 @@ _PUNCT = r"[,，:：;；!！?？。.、~\-—]"
 # assistant was wrong", "我的助手"), before a noun it qualifies ("assistant professor",
 # "助手功能坏了"), inside a word ("assistants", "AI助手"), in code or quoted text. Anything else
 # with the word in it is "ambiguous": the model decides, leniently.
-_LEAD = (r"(?:hey|hi|hello|ok|okay|yo|oi|dear|please|pls|so|well|and|but|also|oh|now|then|"
+_LEAD = (r"(?:he+y+|hi+|hel+o+|greetings|ok|okay|yo|oi|dear|please|pls|so|well|and|but|also|"
+         r"oh|now|then|"
          r"right|alright|yeah|yes|yep|no|nah|um|umm|uh|hmm|btw|anyway|lol|sorry|excuse me|"
          r"good morning|morning|good afternoon|afternoon|good evening|evening|gm|sup|"
          r"嘿|喂|哈喽|你好|请问|请|那|那么|好|好的|对了|哎|诶|欸|嗯|话说|麻烦|早|早上好)")
 _LEADS = rf"^\s*(?:{_LEAD}(?![\w'’])\s*[,，]?\s*)*$"  # what may stand before a vocative
-_GREETS = (r"(?<![\w'’])(?:hey|hi|hello|yo|oi|dear|good morning|morning|good afternoon|"
-           r"afternoon|good evening|evening|gm|sup|thanks|thank you|thx|ty|cheers|"
+_GREETS = (r"(?<![\w'’])(?:he+y+|hi+|hel+o+|greetings|yo|oi|dear|good morning|morning|"
+           r"good afternoon|afternoon|good evening|evening|gm|sup|please|pls|"
+           r"(?:thanks|thank you|thx|ty)(?: in advance| a lot| so much)?|cheers|"
            r"嘿|喂|哈喽|你好|谢谢|多谢|谢了|早|早上好)\s*[,，]?\s*$")
 # Clause boundaries: what may start the clause a vocative stands in.
 _BOUNDARY = r"[.!?。！？…,，;；:：\n—–(（]|\s-\s"
@@ -57,7 +59,12 @@ _PRONOUN = r"(?:it|there|this|that|you|u|ya|we|i|he|she|they|anyone|anybody|some
 _REQUEST = (r"(?:(?:what|what's|whats|how|how's|why|when|where|who|who's|which|whose|please|"
             r"pls|tell|give|show|help|translate|convert|summari[sz]e|remind|explain|find|check|"
             r"list|write|calculate|compute|define|look|describe|recommend|suggest|compare|"
-            r"draft|you|you're|youre|u|i|i'm|we|quick|any|any1|thanks|thank|"
+            r"draft|post|pick|choose|make|set|create|add|remove|run|open|send|book|schedule|"
+            r"plan|outline|generate|fix|review|rewrite|rephrase|shorten|proofread|count|sort|"
+            r"search|google|fetch|get|grab|roll|flip|decide|name|rate|rank|guess|say|repeat|"
+            r"spell|read|teach|quiz|remember|answer|reply|estimate|predict|solve|simplify|"
+            r"format|debug|recap|tldr|eli5|settle|break|walk|go|keep|try|share|link|cite|"
+            r"you|you're|youre|u|i|i'm|we|quick|any|any1|thanks|thank|"
             r"are\s+you|r\s+u)(?![\w'’])|"
             r"(?:is|are|was|were|do|does|did|can|could|would|will|should|shall|have|has|"
             r"didn't|doesn't|isn't|wasn't|aren't|won't|can't|couldn't|wouldn't|shouldn't)"
@@ -65,7 +72,7 @@ _REQUEST = (r"(?:(?:what|what's|whats|how|how's|why|when|where|who|who's|which|w
             r"and\s.*[?？]\s*$|"  # "assistant and the integral of 1/x?"
             r"帮|请|给我|你|您|能不能|能否|能|可以|可不可以|说说|说一下|说下|查|算一下|算下|"
             r"告诉|翻译|解释|看看|看下|看一下|在吗|在不在|知道|怎么|什么|多少|几|是不是|"
-            r"有没有|总结|推荐|写|那(?![个些边里样么]))")
+            r"有没有|总结|推荐|写|提醒|来(?=\S)|那(?![个些边里样么]))")
 # After a Chinese wake word, wherever it stands: calling it, not naming it ("行不行助手你说说").
 _CALL_ZH = r"(?:你|您|帮我|帮忙|给我|请)"
 _ASK_ZH = r"(?:问下|问一下|问问|请教|召唤|叫一下|问)"
@@ -91,7 +98,7 @@ _ZH_NOUN_BEFORE = "的个位款种名音能型用"  # 我的助手, 语音助手
 _ZH_NOT_WORD = ("帮借辅求协援互扶", "册机段表术续工臂指套环势法腕脚掌心印")  # 帮助手册, 借助手机
 _QUESTION = (r"(?:^|[.!?。！？]\s*)(?:what|what's|whats|how|why|when|where|who|which|whose|"
              r"can|could|would|will|should|do|does|did|is|are|was|were|any|anyone|have|has|"
-             r"tell|know)\b|[?？]")
+             r"tell|know)\b|[?？]|[吗呢么]\s*$")
 _EMOJI = r"[\U0001F000-\U0001FFFF\u2600-\u27BF\uFE0F\u200d]"
 
 _FENCE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
@@ -125,7 +132,7 @@ class _Word:
         self.greets = re.compile(_GREETS, i)
         self.emoji = re.compile(rf"^(?:\s|{_EMOJI})+")
         self.request = re.compile(rf"\s*[,，:：]?\s*{_REQUEST}", i)
-        self.punct = re.compile(r"\s*(?:[,，:：!！?？;；—–~]|[.。…]+\s*\S)", i)
+        self.punct = re.compile(r"\s*(?:[,，:：!！?？;；—–~～]|\s-\s|[.。…]+\s*\S)", i)
         self.comma_request = re.compile(rf"\s*[,，:：]\s*{_REQUEST}", i)
         self.at_end = re.compile(r"\s*[?？!！.。~…吗呢吧啊呀]*\s*$" if self.cjk
                                  else r"\s*[?？!！.。~…]*\s*$")
@@ -179,7 +186,7 @@ class _Word:
         if at_end and before.strip():
             if self.set_off.search(before) or self.greets.search(before):
                 return "direct"  # "..., assistant?" / "thanks assistant!"
-            if self.cjk and re.search(r"[?？!！。吧呢吗]\s*$", before):
+            if self.cjk and re.search(r"[?？!！。～~吧呢吗啊呀嘛哈]\s*$", before):
                 return "direct"  # "到底行不行？助手"
             if not self.cjk and self.question.search(before) and \
                     not self.about_asking.search(before):
