@@ -204,3 +204,35 @@ async def test_discord_three_people_at_once_each_get_a_reply_to_their_message(
                 assert [m.text for m in general[-1].messages] == ["lunch?", "yes"]
         finally:
             await w.store.close()
+
+
+async def test_discord_commands_in_a_burst_each_get_a_reply(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    async with FakeDiscord(heartbeat_ms=200) as fake:
+        core = await w.core()
+        ds = dataclasses.replace(w.settings.discord, enabled=True,
+                                 api_base_url=fake.api_base_url, gateway_url=fake.gateway_url)
+        adapter = DiscordAdapter(core, ds, w.settings.bot, token=fake.token,
+                                 guild_ready_timeout=0.05)
+        core.add_adapter(adapter)
+        try:
+            async with core, adapter:
+                await fake.user_says("cy", "assistant, busy?", channel=fake.random)
+                await until(lambda: adapter.handled >= 1)
+                await asyncio.sleep(0.1)  # busy with #random
+                said = [await fake.user_says("ann", "assistant optin"),
+                        await fake.user_says("bob", "assistant status"),
+                        await fake.user_says("cy", "assistant, what's new?"),
+                        await fake.user_says("bob", "assistant optin")]
+                await until(lambda: adapter.handled >= 5)
+                await asyncio.wait_for(core.flush(), 10)
+                await until(lambda: len(fake.posts) >= 5)
+                posts = [p for p in fake.posts if p["channel_id"] == fake.general]
+                assert [p["message_reference"]["message_id"] for p in posts] == [
+                    int(s["id"]) for s in said]
+                assert "opted in" in posts[0]["content"].lower()
+                assert posts[2]["content"] == "re assistant, what's new? (after 0)"
+                assert [r.reason for r in w.decisions(str(fake.general))] == [
+                    "command", "command", "addressed", "command"]
+        finally:
+            await w.store.close()

@@ -216,3 +216,48 @@ async def test_closed_core_refuses_events() -> None:
     await core.close()
     with pytest.raises(RuntimeError, match="closed"):
         await core.handle(msg(K1, "Ann", "hi"))
+
+
+async def test_ambiguous_and_follow_up_use_the_lenient_threshold_in_every_mode(
+        queue_adapter) -> None:  # type: ignore[no-untyped-def]
+    """p_silence 0.6: silent at threshold 0.5, answered at ambiguous_threshold 0.8. In
+    `mention` mode a plain message is listen-only, but an ambiguous one and a follow-up go to
+    the model; a follow-up ends when someone else speaks."""
+    eng = ScriptedEngine(script=lambda turns: 0.6)
+    core, records = make_core(eng, mode="mention", threshold=0.5, ambiguous_threshold=0.8)
+    core.add_adapter(queue_adapter)
+    async with core:
+        for i, (who, text) in enumerate([
+                ("Ann", "lunch?"),                                # none: listen-only
+                ("Ann", "wonder what assistant would say"),       # ambiguous: answered
+                ("Ann", "and in Berlin?"),                         # follow-up: answered
+                ("Bob", "hm"),                                     # someone else: listen
+                ("Ann", "and Paris?")]):                           # not a follow-up now
+            await core.handle(msg(K1, who, text, i))
+            await core.flush()
+    assert [(r.address, r.reason) for r in records] == [
+        (None, "listen-only"), ("ambiguous", "model"), ("follow-up", "model"),
+        (None, "listen-only"), (None, "listen-only")]
+    assert [r.in_reply_to for r in queue_adapter.sent] == ["c1-1", "c1-2"]
+    assert all(r.addressed for r in queue_adapter.sent)  # threaded like an answer
+
+
+async def test_an_error_at_one_address_does_not_cost_the_next_person_their_answer(
+        queue_adapter, caplog) -> None:  # type: ignore[no-untyped-def]
+    def script(turns):  # type: ignore[no-untyped-def]
+        if "boom" in (turns[-2].content or ""):
+            raise RuntimeError("model exploded")
+        return 0.9
+
+    eng = ScriptedEngine(script=script, delay=0.1)
+    core, _ = make_core(eng)
+    core.add_adapter(queue_adapter)
+    async with core:
+        await core.handle(msg(K2, "Cy", "busy elsewhere", 0))
+        await asyncio.sleep(0.03)  # one batch for the two below
+        await core.handle(msg(K1, "Ann", "assistant, boom", 1))
+        await core.handle(msg(K1, "Bob", "assistant, hello?", 2))
+        await core.flush()
+    assert [(r.in_reply_to, r.text[:5]) for r in queue_adapter.sent] == [
+        ("c1-1", "Sorry"), ("c1-2", "echo:")]
+    assert core.errors == 1 and "model exploded" in caplog.text

@@ -113,3 +113,24 @@ def test_cooldown_caps_chimeins_per_window() -> None:
     assert p.allow_chimein(_key("C2"))  # per channel
     now[0] += 61
     assert p.allow_chimein(k)
+
+
+def test_ambiguous_threshold_per_channel_and_follow_ups() -> None:
+    settings = PolicySettings(ambiguous_threshold=0.8, follow_up_seconds=60,
+                              channels={"slack:C2": ChannelPolicy(ambiguous_threshold=0.95)})
+    p = Policy(settings, ["assistant"])
+    assert p.ambiguous_threshold(_key()) == 0.8 and p.ambiguous_threshold(_key("C2")) == 0.95
+    asked = Message(_key(), "U1", "Ann", "assistant, weather in Paris?", message_id="1.0",
+                    ts=100.0)
+    assert p.address(asked) == "direct"
+    p.note_message(asked)
+    p.note_answered(asked, at=101.0)
+    later = Message(_key(), "U1", "Ann", "and Berlin?", ts=150.0)
+    assert p.address(later) == "follow-up"
+    # the answer went into a thread under the question (Slack): a follow-up there counts too
+    in_thread = Message(_key(thread="1.0"), "U1", "Ann", "and Rome?", ts=150.0)
+    assert p.address(in_thread) == "follow-up"
+    assert p.address(Message(_key(), "U2", "Bob", "and Berlin?", ts=150.0)) is None
+    assert p.address(Message(_key(), "U1", "Ann", "and Berlin?", ts=200.0)) is None  # too late
+    p.note_message(later)
+    assert p.address(Message(_key(), "U1", "Ann", "and Oslo?", ts=151.0)) is None  # once
