@@ -363,21 +363,21 @@ class Core:
                                   force: bool, threshold: float, *, cooldown: bool
                                   ) -> tuple[str | None, Decision, str, str]:
         engine = self.engine
+        # Past the chime-in cooldown the model still decides (its history needs the turn),
+        # at threshold 0: it cannot speak, and the record says the cooldown held it back.
+        held = cooldown and not self.policy.allow_chimein(key)
         try:
             decision: Decision = await self._run(engine.decide, session, new_turns,
-                                                 threshold=threshold, force=force)
+                                                 threshold=0.0 if held else threshold,
+                                                 force=force)
         except Exception:
             session.drop_cache()  # the state may be half-updated: recompute next time
             if addressed:
                 await self._post(key, _APOLOGY, last, addressed=True)
             raise
-        reason = "addressed" if addressed else "always" if force else "model"
+        reason = "addressed" if addressed else "always" if force else \
+            "cooldown" if held and decision.p_silence < threshold else "model"
         text: str | None = None
-        if decision.speak and cooldown and not self.policy.allow_chimein(key):
-            reason = "cooldown"  # the session already holds the silence turn
-            session.pending = None
-            decision = Decision(decision.p_silence, False, False, decision.fed_tokens,
-                                decision.recomputed, decision.latency_ms)
         if decision.speak:
             adapter = self.adapters.get(key.platform)
             typing = adapter.typing(key) if adapter is not None else _NullTyping()

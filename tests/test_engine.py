@@ -91,7 +91,7 @@ def test_markers_never_leak_and_answer_is_never_empty(tiny_lm, tiny_tokenizer): 
             return eot[0] if not script else script.pop(0)
         return script.pop(0)
 
-    eng._sample = scripted_sample  # the model "wants" markers and an empty answer
+    eng.lm._sample = scripted_sample  # the model "wants" markers and an empty answer
     s = Session(KEY)
     eng.decide(s, [CHAT[1]], threshold=0.5, force=True)
     text = eng.respond(s)
@@ -110,7 +110,7 @@ def test_only_markers_gives_fallback_not_empty(tiny_lm, tiny_tokenizer):  # type
         calls.append(1)
         return marker[(len(calls) - 1) % len(marker)]
 
-    eng._sample = markers_forever  # "(silence)(silence)(s" then cut by max_new_tokens
+    eng.lm._sample = markers_forever  # "(silence)(silence)(s" then cut by max_new_tokens
     s = Session(KEY)
     eng.decide(s, [CHAT[1]], threshold=0.5, force=True)
     assert eng.respond(s) == "Sorry."

@@ -127,7 +127,7 @@ def test_server_without_echo_falls_back_to_first_token(server, tiny_tokenizer) -
     url, _ = server
     remote = make(tiny_tokenizer, url)
     d = remote.decide(Session(KEY), [CHAT[0]], threshold=0.5)
-    assert 0.0 <= d.p_silence <= 1.0 and remote._echo is False
+    assert 0.0 <= d.p_silence <= 1.0 and remote.server._echo is False
 
 
 def test_unreachable_server_is_a_clear_error(tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]

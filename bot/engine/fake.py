@@ -1,19 +1,21 @@
 """A scripted engine for fast tests of everything around the model (core, adapters, store).
 
-It follows the Engine protocol exactly (history shape included) but decides by a rule instead
-of a model: `p_silence` comes from `script(turns)` (default: 0.9 = silent), and the answer from
-`answer(turns)`. Tests of the real model use TransformersEngine on a tiny local model.
+It is the real decision skeleton (bot.engine.decision) over a backend made of two functions,
+the way httpx's MockTransport is a handler: `script(turns)` gives p_silence (default 0.9:
+silent) and `answer(turns)` the answer, where `turns` is the history as the model would see
+it (silence turns included, ending in the silence turn of the decision). Tests of the real
+model use TransformersEngine on a tiny local model.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 
 from bot.engine.base import Decision
+from bot.engine.decision import DecisionEngine, Scored
 from bot.message import Turn
-from bot.render import strip_markers, with_silences
+from bot.render import DecisionInput
 from bot.sessions import Session
 
 
@@ -22,45 +24,49 @@ def _default_answer(turns: Sequence[Turn]) -> str:
     return f"echo: {last.content}"
 
 
-class ScriptedEngine:
-    def __init__(self, script: Callable[[Sequence[Turn]], float] | None = None,
-                 answer: Callable[[Sequence[Turn]], str] | None = None, *,
-                 version: str = "scripted", delay: float = 0.0):
-        self.script = script or (lambda turns: 0.9)
-        self.answer = answer or _default_answer
-        self.version = version
-        self.delay = delay
-        self.calls: list[tuple[str, int]] = []  # ("decide"|"respond"|"observe", n_turns)
-        self.lock = threading.Lock()
+class ScriptedBackend:
+    """score = `script(turns)`, generate = `answer(turns)`; `delay` seconds per decision."""
 
-    def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
-        self.calls.append(("observe", len(new_turns)))
-        session.turns = with_silences(session.turns + list(new_turns))
+    def __init__(self, script: Callable[[Sequence[Turn]], float],
+                 answer: Callable[[Sequence[Turn]], str], delay: float,
+                 calls: list[tuple[str, int]]):
+        self.script, self.answer, self.delay, self.calls = script, answer, delay, calls
 
-    def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
-               force: bool = False) -> Decision:
-        t0 = time.perf_counter()
+    def score(self, session: Session, d: DecisionInput | None,
+              turns: Sequence[Turn]) -> Scored:
         if self.delay:
             time.sleep(self.delay)
-        self.calls.append(("decide", len(new_turns)))
-        turns = with_silences(session.turns + list(new_turns))
-        p = float(self.script(turns))
-        session.turns = turns
-        speak = force or p < threshold
-        session.pending = speak or None
-        return Decision(p, speak, force, fed_tokens=len(new_turns),
-                        latency_ms=(time.perf_counter() - t0) * 1000)
+        return Scored(float(self.script(turns)), 0)
 
-    def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
-        if not session.pending:
-            raise RuntimeError("respond() called without a speaking decision")
-        session.pending = None
-        self.calls.append(("respond", len(session.turns)))
-        text = strip_markers(self.answer(session.turns)) or "…"
+    def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
+                 on_text: Callable[[str], None] | None) -> str:
+        self.calls.append(("respond", len(turns)))
+        text = self.answer(turns)
         if on_text:
             on_text(text)
-        session.turns = session.turns[:-1] + [Turn("assistant", text, "assistant")]
         return text
 
     def close(self) -> None:
         pass
+
+
+class ScriptedEngine(DecisionEngine):
+    """The skeleton over ScriptedBackend; `calls` records ("decide"|"respond"|"observe",
+    n_turns) for tests."""
+
+    def __init__(self, script: Callable[[Sequence[Turn]], float] | None = None,
+                 answer: Callable[[Sequence[Turn]], str] | None = None, *,
+                 version: str = "scripted", delay: float = 0.0):
+        self.calls: list[tuple[str, int]] = []
+        super().__init__(ScriptedBackend(script or (lambda turns: 0.9),
+                                         answer or _default_answer, delay, self.calls),
+                         None, version=version, fallback_answer="…")
+
+    def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
+        self.calls.append(("observe", len(new_turns)))
+        super().observe(session, new_turns)
+
+    def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
+               force: bool = False) -> Decision:
+        self.calls.append(("decide", len(new_turns)))
+        return super().decide(session, new_turns, threshold=threshold, force=force)

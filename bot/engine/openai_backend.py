@@ -17,64 +17,36 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings, OpenAISettings
-from bot.engine.base import Decision, EngineError
-from bot.engine.context import fit_context
+from bot.engine.base import EngineError
+from bot.engine.decision import DecisionEngine, Scored
 from bot.message import Turn
-from bot.render import ASSISTANT_NAME, DecisionInput, Renderer, strip_markers, with_silences
+from bot.render import DecisionInput, Renderer
 from bot.sessions import Session
 
 log = logging.getLogger(__name__)
 
 
-class OpenAIEngine:
-    """Engine that asks an OpenAI-compatible completions server."""
+class OpenAIServer:
+    """The decision backend that asks an OpenAI-compatible completions server."""
 
-    def __init__(self, tokenizer: Any, api: OpenAISettings, *, generation: GenerationSettings,
-                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
-                 fallback_answer: str = "Sorry, I don't have a good answer to that.",
-                 version: str | None = None, client: Any = None):
+    def __init__(self, tokenizer: Any, renderer: Renderer, api: OpenAISettings, *,
+                 generation: GenerationSettings, client: Any = None):
         import httpx
 
         self.tokenizer = tokenizer
-        self.renderer = Renderer(tokenizer, system_prompt)
+        self.renderer = renderer
         self.api = api
         self.gen = generation
-        self.max_context = max_context_tokens
-        self.trim_to = trim_to
-        self.fallback_answer = fallback_answer
-        self.version = version or f"openai:{api.model}"
         key = os.environ.get(api.api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = client or httpx.Client(base_url=api.base_url.rstrip("/") + "/",
                                              headers=headers, timeout=api.timeout_seconds)
         self._echo = True
-        self._eot_text = [tokenizer.decode([i]) for i in self.renderer.end_of_turn_ids]
-
-    @classmethod
-    def from_settings(cls, model: ModelSettings, api: OpenAISettings,
-                      generation: GenerationSettings, *, system_prompt: str = "",
-                      fallback_answer: str = "") -> OpenAIEngine:
-        from transformers import AutoTokenizer
-
-        source = model.path or api.model
-        try:
-            tok = AutoTokenizer.from_pretrained(
-                source, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
-        except OSError as e:
-            raise EngineError(f"the openai backend renders prompts locally and needs the "
-                              f"served model's tokenizer: cannot load {source!r} ({e})"
-                              .split("\n")[0]) from e
-        engine = cls(tok, api, generation=generation,
-                     max_context_tokens=model.max_context_tokens, trim_to=model.trim_to,
-                     system_prompt=system_prompt,
-                     fallback_answer=fallback_answer or "Sorry, I don't have a good answer.")
-        engine.check_server()
-        return engine
+        self._eot_text = [tokenizer.decode([i]) for i in renderer.end_of_turn_ids]
 
     def check_server(self) -> None:
         """Fail at start-up, not on every message, when the server cannot be reached. Any
@@ -104,27 +76,11 @@ class OpenAIEngine:
             raise EngineError(f"model server sent no choices: {str(data)[:300]}")
         return data
 
-    # -- Engine protocol -------------------------------------------------------------------
-    def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
-        session.pending = None
-        session.turns = with_silences(session.turns + list(new_turns))
-
-    def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
-               force: bool = False) -> Decision:
-        t0 = time.perf_counter()
-        new_turns = [t for t in new_turns if t.role == "user"]
-        if not new_turns:
-            raise ValueError("decide() needs at least one new user turn")
-        d, new_turns = fit_context(self.renderer, session, new_turns,
-                                   max_context=self.max_context,
-                                   max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
-        p_silence = self._p_silence(d)
-        session.ids = list(d.ids)
-        session.turns = with_silences(session.turns + new_turns)
-        speak = force or p_silence < threshold
-        session.pending = d if speak else None
-        return Decision(p_silence=p_silence, speak=speak, forced=force, fed_tokens=len(d.ids),
-                        latency_ms=(time.perf_counter() - t0) * 1000)
+    # -- the decision backend -------------------------------------------------------------
+    def score(self, session: Session, d: DecisionInput | None,
+              turns: Sequence[Turn]) -> Scored:
+        assert d is not None  # this backend renders: the engine always passes the input
+        return Scored(self._p_silence(d), len(d.ids))
 
     def _p_silence(self, d: DecisionInput) -> float:
         if self._echo:
@@ -144,11 +100,9 @@ class OpenAIEngine:
         first = self.tokenizer.decode([d.ids[d.marker_start]])
         return math.exp(top[first]) if first in top else 0.0
 
-    def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
-        d: DecisionInput | None = session.pending
-        if d is None:
-            raise RuntimeError("respond() called without a speaking decision")
-        session.pending = None
+    def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
+                 on_text: Callable[[str], None] | None) -> str:
+        assert d is not None
         body: dict[str, Any] = {
             "prompt": d.ids[: d.marker_start] + d.response_ids,
             "max_tokens": self.gen.max_new_tokens, "temperature": self.gen.temperature,
@@ -161,12 +115,47 @@ class OpenAIEngine:
         if self.gen.seed is not None:
             body["seed"] = self.gen.seed
         data = self._complete(body)
-        answer = strip_markers(str(data["choices"][0].get("text") or "")) or self.fallback_answer
+        text = str(data["choices"][0].get("text") or "")
         if on_text is not None:
-            on_text(answer)
-        session.turns = session.turns[:-1] + [Turn("assistant", answer, ASSISTANT_NAME)]
+            on_text(text)
         session.ids = session.ids[: d.marker_start]
-        return answer
+        return text
 
     def close(self) -> None:
         self.client.close()
+
+
+class OpenAIEngine(DecisionEngine):
+    """The decision skeleton over an OpenAI-compatible server (OpenAIServer)."""
+
+    def __init__(self, tokenizer: Any, api: OpenAISettings, *, generation: GenerationSettings,
+                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 fallback_answer: str = "", version: str | None = None, client: Any = None):
+        renderer = Renderer(tokenizer, system_prompt)
+        self.server = OpenAIServer(tokenizer, renderer, api, generation=generation,
+                                   client=client)
+        super().__init__(self.server, renderer, version=version or f"openai:{api.model}",
+                         max_context_tokens=max_context_tokens,
+                         max_new_tokens=generation.max_new_tokens, trim_to=trim_to,
+                         fallback_answer=fallback_answer)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, api: OpenAISettings,
+                      generation: GenerationSettings, *, system_prompt: str = "",
+                      fallback_answer: str = "") -> OpenAIEngine:
+        from transformers import AutoTokenizer
+
+        source = model.path or api.model
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                source, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        except OSError as e:
+            raise EngineError(f"the openai backend renders prompts locally and needs the "
+                              f"served model's tokenizer: cannot load {source!r} ({e})"
+                              .split("\n")[0]) from e
+        engine = cls(tok, api, generation=generation,
+                     max_context_tokens=model.max_context_tokens, trim_to=model.trim_to,
+                     system_prompt=system_prompt, fallback_answer=fallback_answer)
+        engine.server.check_server()
+        return engine

@@ -2,8 +2,8 @@
 
 The model is used in its non-stateful form, with the KV cache as explicit inputs and outputs,
 so the engine keeps per-conversation KV state and crops it exactly as the transformers backend
-does: the one-pass silence decision and the answer logic are shared (TransformersEngine), only
-the forward call and the cache type differ.
+does: the decision skeleton (bot.engine.decision) and TorchLM's scoring and sampling are
+shared; only the forward call (`ov_forward`) and the cache type differ.
 
 `model.path` may be an OpenVINO IR folder (openvino_model.xml, e.g. from `chimein export
 --openvino`, exported with stateful=False) or a transformers folder, exported on the fly.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,32 @@ def load_ov_model(model: ModelSettings) -> tuple[Any, Any]:
     return ov, tok
 
 
+def ov_forward(ov: Any) -> Callable[[Session, list[int], int], Any]:
+    """The forward TorchLM calls, on a non-stateful OpenVINO model: the cache goes in and
+    comes out as explicit tensors, kept per conversation as an OVCache."""
+    import torch
+
+    def forward(session: Session, ids: list[int], keep: int) -> Any:
+        cache: OVCache | None = session.cache
+        past = cache.past if cache is not None else None
+        n_past = cache.get_seq_length() if cache is not None else 0
+        x = torch.tensor([ids], dtype=torch.long)
+        mask = torch.ones((1, n_past + len(ids)), dtype=torch.long)
+        with torch.inference_mode():
+            out = ov(input_ids=x, attention_mask=mask, past_key_values=past)
+        session.cache = OVCache(out.past_key_values)
+        return torch.as_tensor(out.logits[0, -keep:]).float().clone()
+
+    return forward
+
+
 class OpenVINOEngine(TransformersEngine):
-    """The transformers engine's decision logic on an OpenVINO model."""
+    """TorchLM's decision and sampling on an OpenVINO model: it only passes the OpenVINO
+    forward (`ov_forward`) in; no behaviour is overridden."""
+
+    def __init__(self, model: Any, tokenizer: Any, **kwargs: Any):
+        super().__init__(model, tokenizer, **{**kwargs, "device": "cpu",
+                                              "forward": ov_forward(model)})
 
     @classmethod
     def from_settings(cls, model: ModelSettings, generation: GenerationSettings, *,
@@ -100,17 +125,4 @@ class OpenVINOEngine(TransformersEngine):
         ov, tok = load_ov_model(model)
         return cls(ov, tok, generation=generation, max_context_tokens=model.max_context_tokens,
                    trim_to=model.trim_to, system_prompt=system_prompt,
-                   fallback_answer=fallback_answer or "Sorry, I don't have a good answer.",
-                   version=version or Path(model.path).name, device="cpu")
-
-    def _forward(self, session: Session, ids: list[int], keep: int) -> Any:
-        torch = self.torch
-        cache: OVCache | None = session.cache
-        past = cache.past if cache is not None else None
-        n_past = cache.get_seq_length() if cache is not None else 0
-        x = torch.tensor([ids], dtype=torch.long)
-        mask = torch.ones((1, n_past + len(ids)), dtype=torch.long)
-        with torch.inference_mode():
-            out = self.model(input_ids=x, attention_mask=mask, past_key_values=past)
-        session.cache = OVCache(out.past_key_values)
-        return torch.as_tensor(out.logits[0, -keep:]).float().clone()
+                   fallback_answer=fallback_answer, version=version or Path(model.path).name)

@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
-from bot.engine.base import Decision, EngineError
-from bot.engine.context import fit_context, render_decision
+from bot.engine.base import EngineError
+from bot.engine.decision import DecisionEngine, Scored
 from bot.message import Turn
-from bot.render import ASSISTANT_NAME, DecisionInput, Renderer, strip_markers, with_silences
+from bot.render import DecisionInput, Renderer, strip_markers
 from bot.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -121,49 +120,34 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
     return lm, tokenizer, device
 
 
-class TransformersEngine:
-    """Engine backed by a transformers causal LM held in this process."""
+class TorchLM:
+    """The decision backend for a causal LM called like a transformers model: the prefix
+    check against the session's cached ids, the marker's probability from one forward over
+    the missing suffix, and sampling after the forced `(response) ` prefix.
 
-    def __init__(self, model: Any, tokenizer: Any, *, generation: GenerationSettings,
-                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
-                 fallback_answer: str = "Sorry, I don't have a good answer to that.",
-                 version: str = "unversioned", device: str = "cpu"):
+    `forward(session, ids, keep)` runs `ids` on top of the session's cache, stores the new
+    cache in the session and returns the logits of the last `keep` rows; the default calls
+    the torch model (`torch_forward`), OpenVINO passes its own (`ov_forward`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, renderer: Renderer, *,
+                 generation: GenerationSettings, device: str = "cpu",
+                 forward: Callable[[Session, list[int], int], Any] | None = None):
         import torch
 
         self.torch = torch
         self.model = model
         self.tokenizer = tokenizer
-        self.renderer = Renderer(tokenizer, system_prompt)
+        self.renderer = renderer
         self.gen = generation
-        self.max_context = max_context_tokens
-        self.trim_to = trim_to
-        self.fallback_answer = fallback_answer
-        self.version = version
         self.device = device
+        self.forward = forward or self.torch_forward
         self._rng = torch.Generator(device="cpu")
         if generation.seed is not None:
             self._rng.manual_seed(generation.seed)
         else:
             self._rng.seed()
 
-    @classmethod
-    def from_settings(cls, model: ModelSettings, generation: GenerationSettings, *,
-                      system_prompt: str = "", fallback_answer: str = "",
-                      version: str | None = None) -> TransformersEngine:
-        lm, tok, device = load_model(model)
-        return cls(lm, tok, generation=generation, max_context_tokens=model.max_context_tokens,
-                   trim_to=model.trim_to, system_prompt=system_prompt,
-                   fallback_answer=fallback_answer or "Sorry, I don't have a good answer.",
-                   version=version or Path(model.adapter or model.path).name, device=device)
-
-    # -- history ----------------------------------------------------------------------
-    def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
-        session.pending = None
-        session.turns = with_silences(session.turns + list(new_turns))
-
-    # -- model calls -------------------------------------------------------------------
-    def _forward(self, session: Session, ids: list[int], keep: int) -> Any:
-        """Run `ids` on top of the session's cache; returns logits of the last `keep` rows."""
+    def torch_forward(self, session: Session, ids: list[int], keep: int) -> Any:
         torch = self.torch
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         with torch.inference_mode():
@@ -194,37 +178,27 @@ class TransformersEngine:
         session.drop_cache()
         return 0, recomputed
 
-    def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
-               force: bool = False) -> Decision:
-        t0 = time.perf_counter()
-        new_turns = [t for t in new_turns if t.role == "user"]
-        if not new_turns:
-            raise ValueError("decide() needs at least one new user turn")
-        d, new_turns = fit_context(self.renderer, session, new_turns,
-                                   max_context=self.max_context,
-                                   max_new_tokens=self.gen.max_new_tokens, trim_to=self.trim_to)
+    def score(self, session: Session, d: DecisionInput | None,
+              turns: Sequence[Turn]) -> Scored:
+        assert d is not None  # this backend renders: the engine always passes the input
         start, recomputed = self._sync_prefix(session, d.ids)
         suffix = d.ids[start:]
-        p_silence = self._p_marker(session, d, suffix)
-        session.ids = list(d.ids)
-        session.turns = with_silences(session.turns + new_turns)  # ends with the silence turn
-        speak = force or p_silence < threshold
-        if speak:
-            session.pending = d
-        return Decision(p_silence=p_silence, speak=speak, forced=force, fed_tokens=len(suffix),
-                        recomputed=recomputed, latency_ms=(time.perf_counter() - t0) * 1000)
+        n_marker = len(d.ids) - d.marker_start
+        # logits row r predicts token r+1: keep the row before the marker and the marker rows
+        logits = self.forward(session, suffix, n_marker + 1)
+        logp = self.torch.log_softmax(logits[:n_marker], dim=-1)
+        marker = self.torch.tensor(d.ids[d.marker_start:], device=logp.device)
+        p = math.exp(float(logp.gather(1, marker[:, None]).sum()))
+        return Scored(p, len(suffix), recomputed)
 
-    def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
-        d: DecisionInput | None = session.pending
-        if d is None:
-            raise RuntimeError("respond() called without a speaking decision")
-        session.pending = None
-        torch = self.torch
+    def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
+                 on_text: Callable[[str], None] | None) -> str:
+        assert d is not None
         # Back to the assistant header: the marker is replaced by the forced (response) prefix.
         session.cache.crop(d.marker_start)
         session.ids = session.ids[: d.marker_start]
         eot = set(self.renderer.end_of_turn_ids)
-        logits = self._forward(session, d.response_ids, keep=1)[-1]
+        logits = self.forward(session, d.response_ids, 1)[-1]
         generated: list[int] = []
         text = ""
         try:
@@ -238,16 +212,13 @@ class TransformersEngine:
                 generated.append(tok)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 if on_text is not None:
-                    on_text(strip_markers(text))
-                logits = self._forward(session, [tok], keep=1)[-1]
+                    on_text(text)
+                logits = self.forward(session, [tok], 1)[-1]
         finally:
             # The cache goes back to the header; the next decision feeds the posted turn as the
             # template renders it, so what is cached is always what training would see.
             session.cache.crop(d.marker_start)
-        answer = strip_markers(text) or self.fallback_answer
-        session.turns = session.turns[:-1] + [Turn("assistant", answer, ASSISTANT_NAME)]
-        del torch
-        return answer
+        return text
 
     def _sample(self, logits: Any) -> int:
         torch = self.torch
@@ -268,20 +239,33 @@ class TransformersEngine:
         probs = probs / probs.sum()
         return int(torch.multinomial(probs.cpu(), 1, generator=self._rng))
 
-    def score_silence(self, turns: Sequence[Turn]) -> float:
-        """p_silence for a whole conversation ending in user turns, with no cache (a check)."""
-        d = render_decision(self.renderer, (), turns)
-        return self._p_marker(Session(key=None), d, d.ids)  # type: ignore[arg-type]
-
-    def _p_marker(self, session: Session, d: DecisionInput, feed: list[int]) -> float:
-        """Feed `feed` (the end of `d.ids`) on top of the session's cache; the probability of
-        the whole `(silence)` marker that ends `d`."""
-        n_marker = len(d.ids) - d.marker_start
-        # logits row r predicts token r+1: keep the row before the marker and the marker rows
-        logits = self._forward(session, feed, keep=n_marker + 1)
-        logp = self.torch.log_softmax(logits[:n_marker], dim=-1)
-        marker = self.torch.tensor(d.ids[d.marker_start:], device=logp.device)
-        return math.exp(float(logp.gather(1, marker[:, None]).sum()))
-
     def close(self) -> None:
         self.model = None
+
+
+class TransformersEngine(DecisionEngine):
+    """The decision skeleton over a transformers causal LM held in this process."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, generation: GenerationSettings,
+                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 fallback_answer: str = "", version: str = "unversioned",
+                 device: str = "cpu",
+                 forward: Callable[[Session, list[int], int], Any] | None = None):
+        renderer = Renderer(tokenizer, system_prompt)
+        self.lm = TorchLM(model, tokenizer, renderer, generation=generation, device=device,
+                          forward=forward)
+        super().__init__(self.lm, renderer, version=version,
+                         max_context_tokens=max_context_tokens,
+                         max_new_tokens=generation.max_new_tokens, trim_to=trim_to,
+                         fallback_answer=fallback_answer)
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, generation: GenerationSettings, *,
+                      system_prompt: str = "", fallback_answer: str = "",
+                      version: str | None = None) -> TransformersEngine:
+        lm, tok, device = load_model(model)
+        return cls(lm, tok, generation=generation, max_context_tokens=model.max_context_tokens,
+                   trim_to=model.trim_to, system_prompt=system_prompt,
+                   fallback_answer=fallback_answer,
+                   version=version or Path(model.adapter or model.path).name, device=device)

@@ -1,0 +1,116 @@
+"""The one decide/respond skeleton every backend runs under.
+
+`DecisionEngine` implements the Engine protocol once: keep the user turns, fit the context
+(bot.engine.context), let the backend score the `(silence)` marker, add the silence turns to
+the history, compare with the threshold, remember the pending answer, and after generation
+strip the markers and fall back to `fallback_answer` when nothing is left. A backend supplies
+only the two things that differ:
+
+- `score(session, d, turns) -> Scored`: the probability of the whole marker that ends `d` (the
+  rendered decision input), feeding what its cache lacks; `turns` is the history as it will
+  be after the decision (ending in the silence turn), for backends that do not render.
+- `generate(session, d, turns, on_text) -> str`: the raw answer after a speaking decision
+  (the engine strips markers); the backend leaves its cache at the assistant header.
+
+Like httpx's MockTransport is a handler, the scripted test engine is a score function and an
+answer function (bot.engine.fake).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.config import BotSettings
+from bot.engine.base import Decision
+from bot.engine.context import fit_context, render_decision
+from bot.message import Turn, assistant
+from bot.render import DecisionInput, Renderer, strip_markers, with_silences
+from bot.sessions import Session
+
+DEFAULT_FALLBACK: str = BotSettings.fallback_answer  # the one default, config's
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a backend's `score` returns."""
+
+    p_silence: float
+    fed_tokens: int  # tokens run through the model for it
+    recomputed: bool = False  # the cached prefix did not match and was rebuilt
+
+
+class Backend(Protocol):
+    """What a model backend supplies to the decision skeleton."""
+
+    def score(self, session: Session, d: DecisionInput | None,
+              turns: Sequence[Turn]) -> Scored: ...
+
+    def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
+                 on_text: Callable[[str], None] | None) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class DecisionEngine:
+    """The Engine protocol over a backend. `renderer` is None only for backends that do not
+    render (the scripted test engine): then no context is fitted and `d` is None."""
+
+    def __init__(self, backend: Backend, renderer: Renderer | None, *, version: str,
+                 max_context_tokens: int = 2048, max_new_tokens: int = 200,
+                 trim_to: float = 0.6, fallback_answer: str = ""):
+        self.backend = backend
+        self.renderer = renderer
+        self.version = version
+        self.max_context = max_context_tokens
+        self.max_new_tokens = max_new_tokens
+        self.trim_to = trim_to
+        self.fallback_answer = fallback_answer or DEFAULT_FALLBACK
+
+    def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
+        session.pending = None
+        session.turns = with_silences(session.turns + list(new_turns))
+
+    def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
+               force: bool = False) -> Decision:
+        t0 = time.perf_counter()
+        new = [t for t in new_turns if t.role == "user"]
+        if not new:
+            raise ValueError("decide() needs at least one new user turn")
+        d: DecisionInput | None = None
+        if self.renderer is not None:
+            d, new = fit_context(self.renderer, session, new, max_context=self.max_context,
+                                 max_new_tokens=self.max_new_tokens, trim_to=self.trim_to)
+        turns = with_silences(session.turns + new)  # ends with the silence turn
+        scored = self.backend.score(session, d, turns)
+        if d is not None:
+            session.ids = list(d.ids)
+        session.turns = turns
+        speak = force or scored.p_silence < threshold
+        session.pending = (d, turns) if speak else None
+        return Decision(p_silence=scored.p_silence, speak=speak, forced=force,
+                        fed_tokens=scored.fed_tokens, recomputed=scored.recomputed,
+                        latency_ms=(time.perf_counter() - t0) * 1000)
+
+    def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
+        pending: tuple[DecisionInput | None, list[Turn]] | None = session.pending
+        if pending is None:
+            raise RuntimeError("respond() called without a speaking decision")
+        session.pending = None
+        d, turns = pending
+        emit = None if on_text is None else (lambda text: on_text(strip_markers(text)))
+        answer = strip_markers(self.backend.generate(session, d, turns, emit))
+        answer = answer or self.fallback_answer
+        session.turns = session.turns[:-1] + [assistant(answer)]
+        return answer
+
+    def score_silence(self, turns: Sequence[Turn]) -> float:
+        """p_silence for a whole conversation ending in user turns, with no cache (a check)."""
+        d = render_decision(self.renderer, (), turns) if self.renderer is not None else None
+        return self.backend.score(Session(key=None), d,  # type: ignore[arg-type]
+                                  with_silences(list(turns))).p_silence
+
+    def close(self) -> None:
+        self.backend.close()
