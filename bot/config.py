@@ -62,7 +62,7 @@ class ModelSettings:
     quantize: str = _opt("none", choices=("none", "nf4"))
     max_context_tokens: int = _opt(2048, lo=64, hi=1_000_000)
     # When the context overflows, drop oldest turns until the history fits in this fraction.
-    trim_to: float = _opt(0.6, lo=0.1, hi=0.95)
+    trim_to: float = _opt(0.45, lo=0.1, hi=0.95)
     registry_dir: str = ""  # if set, load the active version from this registry and follow it
     registry_poll_seconds: float = _opt(10.0, lo=0.5, hi=86400)
 
@@ -82,6 +82,10 @@ class OpenAISettings:
     model: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout_seconds: float = _opt(60.0, lo=1, hi=3600)
+    # Requests in flight at once (different conversations are decided concurrently), and
+    # retries with exponential backoff on 429 / 5xx / connection errors.
+    max_concurrency: int = _opt(8, lo=1, hi=1024)
+    max_retries: int = _opt(3, lo=0, hi=20)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,9 @@ class RuntimeSettings:
     max_kv_megabytes: float = _opt(2048.0, lo=1, hi=1_000_000)
     max_message_chars: int = _opt(8000, lo=100, hi=1_000_000)
     queue_size: int = _opt(1000, lo=1, hi=1_000_000)
+    # A conversation whose cache must be rebuilt (overflow, eviction, a new thread) is fed in
+    # chunks of this many tokens; other conversations' decisions run between chunks.
+    recompute_chunk_tokens: int = _opt(256, lo=16, hi=1_000_000)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,9 @@ class _NullTyping(contextlib.AbstractAsyncContextManager[None]):
         return None
 
 
+_NULL_LOCK = _NullTyping()
+
+
 class Core:
     """Routes events from adapters to the engine and replies back."""
 
@@ -124,16 +127,19 @@ class Core:
                                      int(self.runtime.max_kv_megabytes * 2**20))
         self.adapters: dict[str, Adapter] = {}
         self.listeners: list[Callable[[DecisionRecord], Awaitable[None] | None]] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chimein-infer")
+        self._executor = self._pool(engine)
         self._queues: dict[ConversationKey, asyncio.Queue[Event]] = {}
         self._workers: dict[ConversationKey, asyncio.Task[None]] = {}
         self._busy: dict[ConversationKey, bool] = {}
-        # One conversation at a time talks to the model (it has one inference thread): a
-        # worker takes its batch only when it gets the model, so messages that arrive while
-        # the model is busy with ANY conversation are coalesced into one decision.
+        # A model in this process has one inference thread: one conversation at a time talks
+        # to it, and a worker takes its batch only when it gets the model, so messages that
+        # arrive while the model is busy with ANY conversation are coalesced into one
+        # decision. A server engine (max_concurrency > 1) serves conversations concurrently;
+        # each conversation's own worker still keeps its messages in order.
         self._model_turn = asyncio.Lock()
         self._closed = False
         self.errors = 0
+        self._typical_decide_ms: float | None = None  # running average of decide()
         # A decision and its answer must run on the same engine: a model swap waits until no
         # decision is between decide() and respond(), and holds new ones back meanwhile.
         self._gate = asyncio.Condition()
@@ -158,6 +164,15 @@ class Core:
             t.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _pool(engine: Engine) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=max(1, engine.max_concurrency),
+                                  thread_name_prefix="chimein-infer")
+
+    def _model(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The model's turn: exclusive for an in-process model, free for a server."""
+        return self._model_turn if self.engine.max_concurrency <= 1 else _NULL_LOCK
 
     def add_adapter(self, adapter: Adapter) -> None:
         self.adapters[adapter.platform] = adapter
@@ -192,7 +207,7 @@ class Core:
             self._busy[key] = True
             batch = [first]
             try:
-                async with self._model_turn:
+                async with self._model():
                     while not q.empty():
                         batch.append(q.get_nowait())
                     await self._process(key, batch)
@@ -319,6 +334,7 @@ class Core:
             await self._notify(DecisionRecord(key, msgs, False, mode, None, None, "listen-only",
                                               (time.perf_counter() - t0) * 1000, None))
             return
+        await self._prefill(session, new_turns)
         force = addressed or mode == "always"
         lenient = address in ("ambiguous", "follow-up")
         threshold = self.policy.ambiguous_threshold(key) if lenient else \
@@ -358,6 +374,28 @@ class Core:
         await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
                                           latency, address))
 
+    async def _prefill(self, session: Any, new_turns: list[Turn]) -> None:
+        """A cold cache (overflow, eviction, a new thread) is rebuilt in chunks; between
+        chunks the model goes to the conversations waiting for it (first come, first
+        served), so one long recompute never stalls every channel. A chunk is sized to cost
+        about one typical decision (measured as it goes), at most recompute_chunk_tokens:
+        a conversation waiting behind it then waits about one decision more."""
+        chunk = self.runtime.recompute_chunk_tokens
+        while self.engine.max_concurrency <= 1:
+            t0 = time.perf_counter()
+            if not await self._run(self.engine.prefill, session, new_turns, chunk):
+                break
+            ms_per_token = (time.perf_counter() - t0) * 1000 / chunk
+            if self._typical_decide_ms is not None:
+                chunk = max(16, min(self.runtime.recompute_chunk_tokens,
+                                    int(0.5 * self._typical_decide_ms / ms_per_token)))
+            if self._model_turn.locked():
+                self._model_turn.release()
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    await self._model_turn.acquire()
+
     async def _decide_and_respond(self, key: ConversationKey, session: Any,
                                   new_turns: list[Turn], last: Message, addressed: bool,
                                   force: bool, threshold: float, *, cooldown: bool
@@ -375,6 +413,9 @@ class Core:
             if addressed:
                 await self._post(key, _APOLOGY, last, addressed=True)
             raise
+        ms = decision.latency_ms
+        self._typical_decide_ms = ms if self._typical_decide_ms is None else \
+            0.9 * self._typical_decide_ms + 0.1 * ms
         reason = "addressed" if addressed else "always" if force else \
             "cooldown" if held and decision.p_silence < threshold else "model"
         text: str | None = None
@@ -455,6 +496,9 @@ class Core:
             finally:
                 self._swapping = False
                 self._gate.notify_all()
+        if engine.max_concurrency != old.max_concurrency:  # a server <-> a local model
+            stale, self._executor = self._executor, self._pool(engine)
+            stale.shutdown(wait=False)
         log.info("model switched: %s -> %s", old.version, engine.version)
         with contextlib.suppress(Exception):
             await self._run(old.close)

@@ -30,6 +30,8 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     trims: int = 0  # how often the context overflowed and old turns were dropped
     recomputes: int = 0  # how often the cached prefix did not match and was rebuilt
+    rebuilt: bool = False  # a rebuild began in prefill(): the next decision reports it
+    warming: list[int] | None = None  # the ids a rebuild in chunks is filling the cache to
 
     def kv_bytes(self) -> int:
         return cache_bytes(self.cache)
@@ -38,6 +40,7 @@ class Session:
         self.cache = None
         self.ids = []
         self.pending = None
+        self.warming = None
 
 
 def cache_bytes(cache: Any) -> int:

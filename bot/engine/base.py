@@ -39,6 +39,10 @@ class Engine(Protocol):
     """What the core needs from a model backend."""
 
     version: str  # the model version decisions are recorded with
+    # How many conversations it can serve at once: 1 for a model in this process (one
+    # inference thread), more for a server (the core then decides different conversations
+    # concurrently, each conversation's messages still in order).
+    max_concurrency: int
 
     def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
                force: bool = False) -> Decision:
@@ -52,6 +56,11 @@ class Engine(Protocol):
     def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
         """Generate the answer after a speaking decision; the text never holds a marker and is
         never empty. `on_text` receives the growing text while streaming."""
+        ...
+
+    def prefill(self, session: Session, new_turns: Sequence[Turn], budget: int) -> bool:
+        """Before a decision on a cold cache: feed up to `budget` tokens of the history it
+        needs; True while more remains (the core lets other conversations run in between)."""
         ...
 
     def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:

@@ -51,6 +51,11 @@ class Backend(Protocol):
     def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
                  on_text: Callable[[str], None] | None) -> str: ...
 
+    def prefill(self, session: Session, ids: list[int], budget: int) -> bool:
+        """Feed at most `budget` of the `ids` the session's cache lacks; True while more than
+        one chunk remains. Backends without a local cache return False."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -58,9 +63,11 @@ class DecisionEngine:
     """The Engine protocol over a backend. `renderer` is None only for backends that do not
     render (the scripted test engine): then no context is fitted and `d` is None."""
 
+    max_concurrency = 1  # an in-process model; a server backend's engine sets more
+
     def __init__(self, backend: Backend, renderer: Renderer | None, *, version: str,
                  max_context_tokens: int = 2048, max_new_tokens: int = 200,
-                 trim_to: float = 0.6, fallback_answer: str = ""):
+                 trim_to: float = 0.45, fallback_answer: str = ""):
         self.backend = backend
         self.renderer = renderer
         self.version = version
@@ -70,7 +77,7 @@ class DecisionEngine:
         self.fallback_answer = fallback_answer or DEFAULT_FALLBACK
 
     def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
-        session.pending = None
+        session.pending = session.warming = None
         session.turns = with_silences(session.turns + list(new_turns))
 
     def decide(self, session: Session, new_turns: Sequence[Turn], *, threshold: float,
@@ -79,6 +86,7 @@ class DecisionEngine:
         new = [t for t in new_turns if t.role == "user"]
         if not new:
             raise ValueError("decide() needs at least one new user turn")
+        session.warming = None
         d: DecisionInput | None = None
         if self.renderer is not None:
             d, new = fit_context(self.renderer, session, new, max_context=self.max_context,
@@ -93,6 +101,24 @@ class DecisionEngine:
         return Decision(p_silence=scored.p_silence, speak=speak, forced=force,
                         fed_tokens=scored.fed_tokens, recomputed=scored.recomputed,
                         latency_ms=(time.perf_counter() - t0) * 1000)
+
+    def prefill(self, session: Session, new_turns: Sequence[Turn], budget: int) -> bool:
+        """Part of a cold decision, done ahead: feed up to `budget` tokens of the history a
+        decision on `new_turns` needs and the cache lacks (after an overflow, an eviction, in
+        a new thread). True while more remains: the caller lets other conversations run, then
+        calls again; decide() then feeds at most one chunk more."""
+        new = [t for t in new_turns if t.role == "user"]
+        if self.renderer is None or not new:
+            return False
+        if session.warming is None:  # rendered once per rebuild, not once per chunk
+            d, _ = fit_context(self.renderer, session, new, max_context=self.max_context,
+                               max_new_tokens=self.max_new_tokens, trim_to=self.trim_to)
+            # up to the row before the marker: decide() needs that row's logits
+            session.warming = d.ids[: d.marker_start - 1]
+        more = self.backend.prefill(session, session.warming, budget)
+        if not more:
+            session.warming = None
+        return more
 
     def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
         pending: tuple[DecisionInput | None, list[Turn]] | None = session.pending

@@ -38,6 +38,9 @@ class ScriptedBackend:
             time.sleep(self.delay)
         return Scored(float(self.script(turns)), 0)
 
+    def prefill(self, session: Session, ids: list[int], budget: int) -> bool:
+        return False  # no local cache to fill
+
     def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
                  on_text: Callable[[str], None] | None) -> str:
         self.calls.append(("respond", len(turns)))

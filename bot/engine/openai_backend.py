@@ -14,9 +14,12 @@ server sees exactly the tokens training used. The prompt is sent as token ids.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,8 +46,14 @@ class OpenAIServer:
         self.gen = generation
         key = os.environ.get(api.api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # One pooled client shared by the inference threads: up to max_concurrency requests
+        # in flight, connections kept alive between them.
+        limits = httpx.Limits(max_connections=api.max_concurrency,
+                              max_keepalive_connections=api.max_concurrency)
         self.client = client or httpx.Client(base_url=api.base_url.rstrip("/") + "/",
-                                             headers=headers, timeout=api.timeout_seconds)
+                                             headers=headers, timeout=api.timeout_seconds,
+                                             limits=limits)
+        self.retry_base = 0.5  # seconds before the first retry (doubling, with jitter)
         self._echo = True
         self._eot_text = [tokenizer.decode([i]) for i in renderer.end_of_turn_ids]
 
@@ -61,20 +70,44 @@ class OpenAIServer:
 
     # -- HTTP ------------------------------------------------------------------------------
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /completions; 429, 5xx and connection errors are retried up to
+        `max_retries` times with exponential backoff (Retry-After when the server sends
+        one); anything else is an EngineError at once."""
         import httpx
 
         body = {"model": self.api.model, **body}
-        try:
-            r = self.client.post("completions", json=body)
-        except httpx.HTTPError as e:
-            raise EngineError(f"cannot reach the model server at {self.api.base_url}: {e}") \
-                from e
-        if r.status_code >= 400:
-            raise EngineError(f"model server answered {r.status_code}: {r.text[:300]}")
-        data: dict[str, Any] = r.json()
-        if not data.get("choices"):
-            raise EngineError(f"model server sent no choices: {str(data)[:300]}")
-        return data
+        for attempt in range(self.api.max_retries + 1):
+            last = attempt == self.api.max_retries
+            try:
+                r = self.client.post("completions", json=body)
+            except httpx.HTTPError as e:
+                if last:
+                    raise EngineError(f"cannot reach the model server at "
+                                      f"{self.api.base_url}: {e}") from e
+                self._backoff(attempt, None, str(e))
+                continue
+            if r.status_code == 429 or r.status_code >= 500:
+                if last:
+                    raise EngineError(f"model server answered {r.status_code} "
+                                      f"{self.api.max_retries + 1} times: {r.text[:300]}")
+                self._backoff(attempt, r.headers.get("retry-after"), str(r.status_code))
+                continue
+            if r.status_code >= 400:
+                raise EngineError(f"model server answered {r.status_code}: {r.text[:300]}")
+            data: dict[str, Any] = r.json()
+            if not data.get("choices"):
+                raise EngineError(f"model server sent no choices: {str(data)[:300]}")
+            return data
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _backoff(self, attempt: int, retry_after: str | None, why: str) -> None:
+        delay = self.retry_base * 2 ** attempt * (0.5 + random.random())
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                delay = min(float(retry_after), 60.0)
+        log.warning("model server: %s; retry %d of %d in %.2f s", why, attempt + 1,
+                    self.api.max_retries, delay)
+        time.sleep(delay)
 
     # -- the decision backend -------------------------------------------------------------
     def score(self, session: Session, d: DecisionInput | None,
@@ -99,6 +132,9 @@ class OpenAIServer:
         top = ((data["choices"][0].get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
         first = self.tokenizer.decode([d.ids[d.marker_start]])
         return math.exp(top[first]) if first in top else 0.0
+
+    def prefill(self, session: Session, ids: list[int], budget: int) -> bool:
+        return False  # no local cache to fill
 
     def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
                  on_text: Callable[[str], None] | None) -> str:
@@ -129,7 +165,7 @@ class OpenAIEngine(DecisionEngine):
     """The decision skeleton over an OpenAI-compatible server (OpenAIServer)."""
 
     def __init__(self, tokenizer: Any, api: OpenAISettings, *, generation: GenerationSettings,
-                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 max_context_tokens: int = 2048, trim_to: float = 0.45, system_prompt: str = "",
                  fallback_answer: str = "", version: str | None = None, client: Any = None):
         renderer = Renderer(tokenizer, system_prompt)
         self.server = OpenAIServer(tokenizer, renderer, api, generation=generation,
@@ -139,6 +175,9 @@ class OpenAIEngine(DecisionEngine):
                          max_new_tokens=generation.max_new_tokens, trim_to=trim_to,
                          fallback_answer=fallback_answer)
         self.tokenizer = tokenizer
+        # A server serves many conversations at once: the core decides different
+        # conversations concurrently, up to this many (each one's messages stay in order).
+        self.max_concurrency = api.max_concurrency
 
     @classmethod
     def from_settings(cls, model: ModelSettings, api: OpenAISettings,

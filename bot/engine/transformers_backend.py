@@ -178,10 +178,20 @@ class TorchLM:
         session.drop_cache()
         return 0, recomputed
 
+    def prefill(self, session: Session, ids: list[int], budget: int) -> bool:
+        start, recomputed = self._sync_prefix(session, ids)
+        session.rebuilt = session.rebuilt or recomputed
+        if len(ids) - start <= budget:
+            return False  # what is left goes with the decision
+        self.forward(session, ids[start:start + budget], 1)
+        session.ids = ids[:start + budget]
+        return True
+
     def score(self, session: Session, d: DecisionInput | None,
               turns: Sequence[Turn]) -> Scored:
         assert d is not None  # this backend renders: the engine always passes the input
         start, recomputed = self._sync_prefix(session, d.ids)
+        recomputed, session.rebuilt = recomputed or session.rebuilt, False
         suffix = d.ids[start:]
         n_marker = len(d.ids) - d.marker_start
         # logits row r predicts token r+1: keep the row before the marker and the marker rows
@@ -247,7 +257,7 @@ class TransformersEngine(DecisionEngine):
     """The decision skeleton over a transformers causal LM held in this process."""
 
     def __init__(self, model: Any, tokenizer: Any, *, generation: GenerationSettings,
-                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 max_context_tokens: int = 2048, trim_to: float = 0.45, system_prompt: str = "",
                  fallback_answer: str = "", version: str = "unversioned",
                  device: str = "cpu",
                  forward: Callable[[Session, list[int], int], Any] | None = None):
