@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
@@ -31,11 +31,10 @@ from bot.message import (
     Reaction,
     Reply,
     Turn,
-    assistant,
     model_view_text,
 )
 from bot.policy import Policy
-from bot.sessions import SessionStore
+from bot.sessions import Session, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +287,7 @@ class Core:
         if behind:
             await self._catching_up(key, behind)
 
-    async def _point(self, key: ConversationKey, session: Any, turns: list[Turn],
+    async def _point(self, key: ConversationKey, session: Session, turns: list[Turn],
                      humans: list[Message], address: str | None) -> None:
         """One decision point; an error is logged here so the batch's later points (other
         people's questions) still get their answers."""
@@ -314,7 +313,7 @@ class Core:
         return Turn("user", model_view_text(m.text, m.attachments,
                                             self.runtime.max_message_chars), m.author_name)
 
-    async def _flush_context(self, session: Any, turns: list[Turn]) -> None:
+    async def _flush_context(self, session: Session, turns: list[Turn]) -> None:
         if turns:
             await self._run(self.engine.observe, session, turns)
 
@@ -322,7 +321,7 @@ class Core:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    async def _decide(self, key: ConversationKey, session: Any, new_turns: list[Turn],
+    async def _decide(self, key: ConversationKey, session: Session, new_turns: list[Turn],
                       humans: list[Message], address: str | None) -> None:
         t0 = time.perf_counter()
         last = humans[-1]
@@ -374,7 +373,7 @@ class Core:
         await self._notify(DecisionRecord(key, msgs, addressed, mode, decision, text, reason,
                                           latency, address))
 
-    async def _prefill(self, session: Any, new_turns: list[Turn]) -> None:
+    async def _prefill(self, session: Session, new_turns: list[Turn]) -> None:
         """A cold cache (overflow, eviction, a new thread) is rebuilt in chunks; between
         chunks the model goes to the conversations waiting for it (first come, first
         served), so one long recompute never stalls every channel. A chunk is sized to cost
@@ -396,7 +395,7 @@ class Core:
                 finally:
                     await self._model_turn.acquire()
 
-    async def _decide_and_respond(self, key: ConversationKey, session: Any,
+    async def _decide_and_respond(self, key: ConversationKey, session: Session,
                                   new_turns: list[Turn], last: Message, addressed: bool,
                                   force: bool, threshold: float, *, cooldown: bool
                                   ) -> tuple[str | None, Decision, str, str]:
@@ -502,14 +501,3 @@ class Core:
         log.info("model switched: %s -> %s", old.version, engine.version)
         with contextlib.suppress(Exception):
             await self._run(old.close)
-
-    def record_own_message(self, key: ConversationKey, text: str) -> None:
-        """Text the assistant posted outside a decision joins the history as its turn."""
-        self.engine.observe(self.sessions.get(key), [assistant(text)])
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Core]:
-        try:
-            yield self
-        finally:
-            await self.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +68,9 @@ def cache_bytes(cache: Any) -> int:
 class SessionStore:
     """LRU of sessions, bounded by count and by total KV bytes."""
 
-    def __init__(self, max_sessions: int = 256, max_kv_bytes: int = 2 << 30,
-                 on_evict: Callable[[Session], None] | None = None):
+    def __init__(self, max_sessions: int = 256, max_kv_bytes: int = 2 << 30):
         self.max_sessions = max_sessions
         self.max_kv_bytes = max_kv_bytes
-        self.on_evict = on_evict
         self._sessions: OrderedDict[ConversationKey, Session] = OrderedDict()
 
     def get(self, key: ConversationKey) -> Session:
@@ -83,8 +81,6 @@ class SessionStore:
             while len(self._sessions) > self.max_sessions:
                 _, old = self._sessions.popitem(last=False)
                 log.debug("evicting session %s (count bound %d)", old.key, self.max_sessions)
-                if self.on_evict:
-                    self.on_evict(old)
         else:
             self._sessions.move_to_end(key)
         s.last_used = time.monotonic()
