@@ -110,14 +110,22 @@ class DecisionEngine:
         new = [t for t in new_turns if t.role == "user"]
         if self.renderer is None or not new:
             return False
-        if session.warming is None:  # rendered once per rebuild, not once per chunk
+        if session.warming is None and session.cache is not None and session.ids:
+            # A warm cache the new turns clearly fit on (an over-estimate: a token per two
+            # UTF-8 bytes, plus the template): decide() feeds only them. No rendering here,
+            # this runs before every decision.
+            approx = len(session.ids) + 64 + sum(
+                len((t.content or "").encode()) // 2 + 8 for t in new)
+            if approx <= self.max_context - self.max_new_tokens:
+                return False
+        target = session.warming  # rendered once per rebuild, not once per chunk
+        if target is None:
             d, _ = fit_context(self.renderer, session, new, max_context=self.max_context,
                                max_new_tokens=self.max_new_tokens, trim_to=self.trim_to)
             # up to the row before the marker: decide() needs that row's logits
-            session.warming = d.ids[: d.marker_start - 1]
-        more = self.backend.prefill(session, session.warming, budget)
-        if not more:
-            session.warming = None
+            target = d.ids[: d.marker_start - 1]
+        more = self.backend.prefill(session, target, budget)
+        session.warming = target if more else None  # (a dropped cache clears it meanwhile)
         return more
 
     def respond(self, session: Session, on_text: Callable[[str], None] | None = None) -> str:
