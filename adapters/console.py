@@ -121,7 +121,7 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       engine: Any = None) -> int:
     """`chimein console`: load the model, then chat on stdin/stdout."""
     from bot.cli import build_core
-    from bot.retrain_job import admin_services
+    from adapters.admin import admin_services
 
     out = out or sys.stdout
     if engine is None:
@@ -206,6 +206,7 @@ async def replay_conversations(core: Core, conversations: Iterable[Any], *,
                 yield {
                     "conversation": i, "turn": j, "name": rec["name"],
                     "addressed": r.addressed,
+                    "address": r.address,
                     "decision": "response" if r.text is not None else "silence",
                     "p_silence": None if d is None else float(f"{d.p_silence:.6g}"),
                     "text": r.text,
@@ -264,7 +265,8 @@ async def replay_file(settings: Settings, path: str | Path, *, as_json: bool = F
             users = [r for r in convs[current].records if r["role"] == "user"]
             out.write(f"{row['name']}: {users[row['turn']]['content']}\n")
             p_s = "-" if row["p_silence"] is None else f"{row['p_silence']:.3f}"
-            flag = " [addressed]" if row["addressed"] else ""
+            flag = " [addressed]" if row["addressed"] else \
+                f" [{row['address']}]" if row["address"] else ""
             if row["text"] is None:
                 out.write(f"    · silence (p_silence={p_s}){flag}\n")
             else:

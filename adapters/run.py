@@ -122,7 +122,7 @@ async def run_all(settings: Settings, *, engine: Any = None,
     stop = stop or asyncio.Event()
     from adapters.console import _load_engine
     from bot.cli import build_core
-    from bot.retrain_job import admin_services
+    from adapters.admin import admin_services
     from bot.store import Store
 
     rc = 0

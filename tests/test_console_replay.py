@@ -93,9 +93,11 @@ async def test_replay_json_rows_and_bad_lines(tmp_path, tiny_lm, tiny_tokenizer,
     rows = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [(r["conversation"], r["turn"], r["name"]) for r in rows] == [
         (0, 0, "Ann"), (0, 1, "Bob"), (0, 2, "Ann"), (1, 0, "Cy")]
-    assert set(rows[0]) == {"conversation", "turn", "name", "addressed", "decision",
-                            "p_silence", "text", "latency_ms"}
+    assert set(rows[0]) == {"conversation", "turn", "name", "addressed", "address",
+                            "decision", "p_silence", "text", "latency_ms"}
     assert [r["addressed"] for r in rows] == [False, True, False, True]
+    # Ann's "thanks" comes after Bob was answered: no follow-up of hers
+    assert [r["address"] for r in rows] == [None, "direct", None, "direct"]
     for r in rows:
         assert r["decision"] in ("silence", "response")
         assert (r["text"] is None) == (r["decision"] == "silence")

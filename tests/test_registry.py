@@ -17,7 +17,8 @@ from bot.engine import load_engine
 from bot.engine.base import EngineError
 from bot.message import ConversationKey, Message
 from bot.policy import Policy
-from bot.registry_watch import RegistryWatcher, read_active
+from adapters.registry_watch import RegistryWatcher
+from bot.registry import read_active
 from training import registry as reg
 
 GOOD = {"balanced_accuracy": 0.80, "missed_address_rate": 0.10}
@@ -224,7 +225,7 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     import sys
 
     from adapters.console import run_console
-    from bot import retrain_job
+    from adapters import admin as retrain_job
 
     root = make_registry(tmp_path, tiny_model_dir)
     reg.activate(root, "v1")
@@ -338,7 +339,7 @@ async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None
     import sys
 
     from bot.message import Message
-    from bot.retrain_job import RetrainJob
+    from adapters.admin import RetrainJob
 
     s = config.parse({"store": {"path": str(tmp_path / "s.sqlite3")}})
     told: list[str] = []

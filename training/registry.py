@@ -8,7 +8,7 @@ models/
 ```
 `metadata.json` records the base model, the data files and their sha256, the hyperparameters,
 the metrics on the validation set and when it was made. The running bot reads the pointer
-through `bot.registry_watch` (no training imports there) and switches when it changes.
+through `bot.registry` (no training imports there) and switches when it changes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.registry_watch import (
+from bot.registry import (
     ACTIVE_FILE,
     METADATA_FILE,
     RegistryError,

@@ -16,7 +16,7 @@ __all__ = ["Decision", "Engine", "EngineError", "load_engine"]
 def load_engine(settings: Settings, version: str | None = None) -> Engine:
     """Build the engine named by `model.backend` from validated settings."""
     if settings.model.registry_dir:  # follow a model registry: load its active version
-        from bot.registry_watch import resolve_settings
+        from bot.registry import resolve_settings
 
         settings, version = resolve_settings(settings, version)
     backend = settings.model.backend

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.message import Message
-    from bot.registry_watch import RegistryWatcher
+    from adapters.registry_watch import RegistryWatcher
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class RetrainJob:
 async def admin_services(core: Any, settings: Settings) -> AsyncIterator[RetrainJob | None]:
     """What a running bot needs besides its adapters: following the model registry, and the
     admin `reload` / `retrain` commands (a retrain still running at the end is stopped)."""
-    from bot.registry_watch import RegistryWatcher
+    from adapters.registry_watch import RegistryWatcher
 
     async with RegistryWatcher(core, settings) as watcher:
         job = wire_admin_commands(core, watcher, settings)
