@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bot.cli import main
+from adapters.cli import main
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.transformers_backend import TransformersEngine
 from bot.message import ConversationKey, user
@@ -39,7 +39,13 @@ def test_merge_then_openvino_int8_serves_same_decisions(tmp_path) -> None:  # ty
                  "--output", str(tmp_path / "merged")]) == 0
     assert main(["export", "--model", str(base_dir), "--adapter", str(tmp_path / "adapter"),
                  "--output", str(tmp_path / "ov"), "--openvino", "--weights", "int8"]) == 0
-    assert (tmp_path / "ov" / "openvino_model.xml").exists()
+    import json
+
+    import openvino
+
+    ir = openvino.Core().read_model(tmp_path / "ov" / "openvino_model.xml")
+    assert ir.get_sinks()  # stateful by default: the KV cache is the model's state
+    assert json.loads((tmp_path / "ov" / "export.json").read_text())["stateful"] is True
 
     gen = GenerationSettings(max_new_tokens=4, temperature=0.0)
     tuned = TransformersEngine.from_settings(
@@ -53,6 +59,7 @@ def test_merge_then_openvino_int8_serves_same_decisions(tmp_path) -> None:  # ty
     c = ov.decide(Session(KEY), turn, threshold=0.0).p_silence
     assert math.isclose(a, b, rel_tol=1e-4)
     assert math.isclose(math.log(a), math.log(c), rel_tol=0.05)  # int8 weights: close, not equal
+    assert ov.model.fp32_weights is False and ov.model.kv_precision != "f32"
 
 
 def test_export_errors(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

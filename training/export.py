@@ -2,8 +2,10 @@
 
     chimein export --model BASE [--adapter DIR] --output DIR [--openvino] [--weights int8]
 
-The OpenVINO export is non-stateful (KV cache as explicit inputs/outputs) so that the
-`openvino` backend can keep and crop one cache per conversation.
+The OpenVINO export is stateful (the KV cache lives inside the model as variables, with
+OpenVINO's fused attention over it): the `openvino` backend keeps one InferRequest per
+conversation and crops a conversation's cache by trimming its state. Older non-stateful IRs
+are still served (converted at load, with a warning), but slower.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def merge(model_path: str, adapter: str | None, out: Path) -> Path:
     return out
 
 
-def to_openvino(merged: Path, out: Path, weights: str = "int8") -> Path:
+def to_openvino(merged: Path, out: Path, weights: str = "int8", *, stateful: bool = True) -> Path:
+    """OpenVINO IR of a merged model in `out`; `stateful=False` writes the old explicit-cache
+    form (kept for tests of the backend's support of older exports)."""
     try:
         from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
     except ImportError as e:
@@ -70,7 +74,7 @@ def to_openvino(merged: Path, out: Path, weights: str = "int8") -> Path:
     elif weights == "int4":
         # group_size -1 (per channel) works for any width; 128-wide groups need wide layers
         qconf = OVWeightQuantizationConfig(bits=4, sym=True, group_size=-1, ratio=1.0)
-    kwargs: dict[str, Any] = {"export": True, "stateful": False, "use_cache": True,
+    kwargs: dict[str, Any] = {"export": True, "stateful": stateful, "use_cache": True,
                               "compile": False}
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -106,7 +110,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {e}")
         return 2
     meta = {"base_model": model, "adapter": adapter, "openvino": args.openvino,
-            "weights": args.weights if args.openvino else "fp32", "time": time.time()}
+            "weights": args.weights if args.openvino else "fp32",
+            "stateful": bool(args.openvino), "time": time.time()}
     (out / "export.json").write_text(json.dumps(meta, indent=2))
     kind = f"OpenVINO IR ({args.weights} weights)" if args.openvino else "merged model"
     print(f"wrote {kind} to {out} in {time.perf_counter() - t0:.1f} s")

@@ -1,53 +1,403 @@
-"""The OpenVINO backend: the fast CPU path (optimum-intel's OVModelForCausalLM).
+"""The OpenVINO backend: the fast CPU path, the way OpenVINO is fast.
 
-The model is used in its non-stateful form, with the KV cache as explicit inputs and outputs,
-so the engine keeps per-conversation KV state and crops it exactly as the transformers backend
-does: the decision skeleton (bot.engine.decision) and TorchLM's scoring and sampling are
-shared; only the forward call (`ov_forward`) and the cache type differ.
+- A stateful IR (`chimein export --openvino`): the KV cache lives inside the model as
+  variables, under OpenVINO's fused attention. The model is compiled once; every conversation
+  gets its own InferRequest of it, whose state is that conversation's KV cache (the
+  session's `cache` is an `OVConversation`).
+- Logits only for the rows a call needs: at load a `logits_to_keep` input is added that slices
+  the hidden states before the LM head (the decision needs the row before the marker and the
+  marker rows; a generation step one row). A 1k-token prefill no longer materialises
+  1k x vocab floats.
+- Cropping reads a conversation's state, keeps a region of it and sets it back (OpenVINO has no
+  trim of its own; openvino_genai does the same). It happens only when the model speaks (the
+  `(silence)` marker makes way for the answer) or when a cached prefix diverges. The answer's
+  tokens stay cached: the next decision keeps as much of them as the posted turn renders alike.
+- The session LRU (`runtime.max_sessions`, `max_kv_megabytes`) bounds it: a conversation
+  reports its state bytes (tokens x bytes per token of state), and dropping a session's cache
+  drops its InferRequest.
+- Weights in fp32 keep the state in fp32, so p_silence equals the transformers engine's on the
+  same model; int8/int4 IRs keep the runtime's compressed state (u8 or f16), which is faster and
+  smaller.
+- An older non-stateful IR (KV cache as explicit inputs and outputs) is converted to stateful
+  when it is loaded, with a warning: it lacks the fused attention of a native stateful export.
 
-`model.path` may be an OpenVINO IR folder (openvino_model.xml, e.g. from `chimein export
---openvino`, exported with stateful=False) or a transformers folder, exported on the fly.
+openvino_genai is not used: its pipelines return generated tokens and at most the top-1
+log-probability of generated tokens (`echo` returns the prompt's ids, not their
+log-probabilities), so the probability of the forced `(silence)` marker cannot be read from
+them; LLMPipeline holds one chat at a time, and ContinuousBatchingPipeline's prefix cache is
+shared by hash with its own memory bound, not a per-conversation state the session LRU can
+count and drop.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import EngineError
-from bot.engine.transformers_backend import TransformersEngine, _check_model_path
+from bot.engine.decision import DecisionEngine, Scored
+from bot.engine.transformers_backend import _check_model_path
+from bot.message import Turn
+from bot.render import DecisionInput, Renderer, strip_markers
 from bot.sessions import Session
 
 log = logging.getLogger(__name__)
 
+KEEP_INPUT = "logits_to_keep"
+CHUNK_TOKENS = 256  # a long suffix is fed in pieces: bounded activations, faster on CPU
+_COMPRESSED = ("u8", "i8", "u4", "i4", "nf4")  # weight types of an int8/int4 export
 
-class OVCache:
-    """A non-stateful OpenVINO model's KV cache: a tuple of (key, value) per layer."""
 
-    def __init__(self, past: Any):
-        self.past = past
+class OVModel:
+    """A stateful OpenVINO LM compiled once, and what feeding it needs to know."""
 
-    def get_seq_length(self) -> int:
-        return int(self.past[0][0].shape[-2]) if self.past else 0
+    def __init__(self, model: Any, *, threads: int | None = None):
+        import numpy as np
+        import openvino as ov
 
-    def crop(self, n: int) -> None:
-        self.past = tuple(tuple(t[..., :n, :] for t in layer) for layer in self.past)
+        self.np = np
+        names = {n for i in model.inputs for n in i.get_names()}
+        for need in ("input_ids", "attention_mask"):
+            if need not in names:
+                raise EngineError(f"the OpenVINO model has no {need!r} input: not a causal LM "
+                                  "exported by `chimein export --openvino`")
+        self.sliced = _keep_last_logits(model)
+        self.names = {n for i in model.inputs for n in i.get_names()}
+        reads = [op for op in model.get_ops() if op.get_type_name() == "ReadValue"]
+        if not reads:
+            raise EngineError("the OpenVINO model is not stateful (its KV cache is not state): "
+                              "load it with load_ov_model, which converts older exports")
+        self.seq_axis = _seq_axis(reads[0])
+        self.fp32_weights = not _compressed(model)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if self.fp32_weights:  # exact state: the same p_silence as the transformers engine
+            config["KV_CACHE_PRECISION"] = "f32"
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        kv = self.compiled.get_property("KV_CACHE_PRECISION")
+        self.kv_precision = str(kv.get_type_name() if hasattr(kv, "get_type_name") else kv)
+        per_token = 0
+        for op in reads:
+            dims = op.get_output_partial_shape(0)
+            n = 1
+            for i, d in enumerate(dims):
+                if i != self.seq_axis and d.is_static:
+                    n *= d.get_length()
+            per_token += n
+        self.bytes_per_token = per_token * max(1, kv.size if hasattr(kv, "size") else 4)
+        self.beam = np.zeros(1, dtype=np.int32)
+        self._ones = np.ones((1, 0), dtype=np.int64)
+
+    def ones(self, n: int) -> Any:
+        if self._ones.shape[1] < n:
+            self._ones = self.np.ones((1, max(n, 2 * self._ones.shape[1])), dtype=self.np.int64)
+        return self._ones[:, :n]
+
+    def conversation(self) -> OVConversation:
+        return OVConversation(self)
+
+
+class OVConversation:
+    """One conversation's KV cache: an InferRequest of the shared compiled model, its state
+    holding `n` tokens. This is what `Session.cache` holds for the openvino backend."""
+
+    def __init__(self, model: OVModel):
+        self.model = model
+        self.request = model.compiled.create_infer_request()
+        self.n = 0
+        self.answer_from: int | None = None  # where kept answer tokens begin (see generate)
 
     @property
     def nbytes(self) -> int:
-        return int(sum(t.numel() * t.element_size() if hasattr(t, "numel") else t.nbytes
-                       for layer in self.past for t in layer))
+        return self.n * self.model.bytes_per_token
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+    def feed(self, ids: Sequence[int], keep: int) -> Any:
+        """Run `ids` on top of the state; the logits of the last `keep` rows (float32).
+        Long inputs go in chunks; the last chunk carries every row asked for."""
+        np = self.model.np
+        if not ids:
+            raise ValueError("feed() needs at least one token")
+        keep = max(1, min(keep, len(ids)))
+        bounds = list(range(0, len(ids), CHUNK_TOKENS)) + [len(ids)]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < keep:
+            del bounds[-2]
+        out = None
+        for lo, hi in itertools.pairwise(bounds):
+            rows = keep if hi == len(ids) else 1
+            out = self._infer(np.asarray([ids[lo:hi]], dtype=np.int64), rows)
+        return out
+
+    def _infer(self, x: Any, keep: int) -> Any:
+        m, np = self.model, self.model.np
+        n_new = x.shape[1]
+        inputs = {"input_ids": x, "attention_mask": m.ones(self.n + n_new)}
+        if "position_ids" in m.names:
+            inputs["position_ids"] = np.arange(self.n, self.n + n_new, dtype=np.int64)[None]
+        if "beam_idx" in m.names:
+            inputs["beam_idx"] = m.beam
+        if m.sliced:
+            inputs[KEEP_INPUT] = np.asarray([keep], dtype=np.int64)
+        try:
+            self.request.infer(inputs, share_inputs=True)
+        except BaseException:
+            self.n = -1  # the state is undefined now: the owner must drop it
+            raise
+        self.n += n_new
+        logits = self.request.get_tensor("logits").data
+        return np.array(logits[0, -keep:], dtype=np.float32)
+
+    def crop(self, n: int) -> None:
+        """Keep the first `n` tokens of the state (read it, keep a region, set it back)."""
+        import openvino as ov
+
+        if n >= self.n:
+            return
+        self.answer_from = None
+        if n <= 0:
+            self.request.reset_state()
+            self.n = 0
+            return
+        axis = self.model.seq_axis
+        for state in self.request.query_state():
+            t = state.state
+            end = list(t.shape)
+            end[axis] = n
+            state.state = ov.Tensor(t, ov.Coordinate([0] * len(end)), ov.Coordinate(end))
+        self.n = n
 
 
-def load_ov_model(model: ModelSettings) -> tuple[Any, Any]:
+class OVStateful:
+    """The decision backend over an OVModel: the prefix check against the conversation's
+    cached ids, the marker's probability from the rows the decision needs, and sampling after
+    the forced `(response)` prefix (numpy; the logits never leave numpy)."""
+
+    def __init__(self, model: OVModel, tokenizer: Any, renderer: Renderer, *,
+                 generation: GenerationSettings):
+        self.model: OVModel | None = model
+        self.np = model.np
+        self.tokenizer = tokenizer
+        self.renderer = renderer
+        self.gen = generation
+        self._rng = model.np.random.default_rng(generation.seed)
+
+    def _conversation(self, session: Session) -> OVConversation:
+        conv = session.cache
+        if isinstance(conv, OVConversation) and conv.model is self.model \
+                and conv.n == len(session.ids):
+            return conv
+        if self.model is None:
+            raise EngineError("the openvino engine is closed")
+        if session.ids:
+            log.info("the cache of %s is not this model's state (or a call on it failed): "
+                     "recomputing", session.key)
+            session.recomputes += 1
+        session.drop_cache()
+        conv = session.cache = self.model.conversation()
+        return conv
+
+    def _sync_prefix(self, session: Session, target: list[int], limit: int) -> tuple[int, bool]:
+        """How many of `target`'s ids (at most `limit`) the cache already holds, cropping what
+        diverges; and whether that was a recompute (a divergence before kept answer tokens)."""
+        had = bool(session.ids)
+        conv = self._conversation(session)
+        cached = session.ids
+        answer_from, conv.answer_from = conv.answer_from, None
+        n = 0
+        limit = min(len(cached), len(target), limit)
+        while n < limit and cached[n] == target[n]:
+            n += 1
+        if n == len(cached):
+            return n, had and not cached
+        kept_answer = answer_from is not None and n >= answer_from
+        if not kept_answer:
+            log.info("cached tokens of %s are not a prefix of the new rendering (diverge at "
+                     "%d of %d): recomputing from there", session.key, n, len(cached))
+            session.recomputes += 1
+        conv.crop(n)
+        session.ids = cached[:n]
+        return n, not kept_answer
+
+    def prefill(self, session: Session, ids: list[int], budget: int) -> bool:
+        start, recomputed = self._sync_prefix(session, ids, len(ids))
+        session.rebuilt = session.rebuilt or recomputed
+        if len(ids) - start <= budget:
+            return False  # what is left goes with the decision
+        self._feed(session, ids[start:start + budget], 1)
+        return True
+
+    def _feed(self, session: Session, ids: list[int], keep: int) -> Any:
+        conv = self._conversation(session)
+        try:
+            logits = conv.feed(ids, keep)
+        except BaseException:
+            session.drop_cache()
+            raise
+        session.ids = session.ids + list(ids)
+        return logits
+
+    def score(self, session: Session, d: DecisionInput | None,
+              turns: Sequence[Turn]) -> Scored:
+        if d is None:
+            raise EngineError("the openvino backend renders: it needs the decision input")
+        np = self.np
+        # the row before the marker predicts the marker's first token: it is always fed
+        start, recomputed = self._sync_prefix(session, d.ids, d.marker_start - 1)
+        recomputed, session.rebuilt = recomputed or session.rebuilt, False
+        n_marker = len(d.ids) - d.marker_start
+        logits = self._feed(session, d.ids[start:], n_marker + 1)
+        rows = logits[:n_marker].astype(np.float64)  # row r predicts token r+1
+        top = rows.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        marker = np.asarray(d.ids[d.marker_start:])
+        logp = float((rows[np.arange(n_marker), marker] - lse).sum())
+        return Scored(math.exp(logp), len(d.ids) - start, recomputed)
+
+    def generate(self, session: Session, d: DecisionInput | None, turns: Sequence[Turn],
+                 on_text: Callable[[str], None] | None) -> str:
+        if d is None:
+            raise EngineError("the openvino backend renders: it needs the decision input")
+        conv = self._conversation(session)
+        # The marker makes way for the answer: back to the assistant header.
+        keep, cached = 0, session.ids
+        while keep < min(d.marker_start, len(cached)) and cached[keep] == d.ids[keep]:
+            keep += 1
+        conv.crop(keep)
+        session.ids = cached[:keep]
+        logits = self._feed(session, d.ids[keep:d.marker_start] + list(d.response_ids), 1)[-1]
+        eot = list(self.renderer.end_of_turn_ids)
+        generated: list[int] = []
+        text = ""
+        for step in range(self.gen.max_new_tokens):
+            if not strip_markers(text):  # no end of turn before the answer has content
+                logits[eot] = -math.inf
+            tok = self._sample(logits)
+            if tok in eot:
+                break
+            generated.append(tok)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if on_text is not None:
+                on_text(text)
+            if step + 1 < self.gen.max_new_tokens:
+                logits = self._feed(session, [tok], 1)[-1]
+        # The answer's tokens stay cached: the next decision's prefix check keeps as many of
+        # them as the posted turn renders the same, and trims the rest without a recompute.
+        conv.answer_from = d.marker_start
+        return text
+
+    def _sample(self, logits: Any) -> int:
+        np, g = self.np, self.gen
+        if g.temperature <= 0:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / g.temperature
+        if g.top_k and g.top_k < x.size:
+            kth = np.partition(x, -g.top_k)[-g.top_k]
+            x = np.where(x < kth, -math.inf, x)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        if 0 < g.top_p < 1:
+            order = np.argsort(-p, kind="stable")
+            sp = p[order]
+            sp[np.cumsum(sp) - sp > g.top_p] = 0.0
+            p = np.zeros_like(p)
+            p[order] = sp
+            p /= p.sum()
+        return int(self._rng.choice(p.size, p=p))
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _keep_last_logits(model: Any) -> bool:
+    """Add a `logits_to_keep` input that slices the hidden states before the LM head's MatMul,
+    so a call computes logits only for the rows it reads. False where no LM head is found (the
+    model then returns every row and the caller takes the last ones)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    if KEEP_INPUT in {n for i in model.inputs for n in i.get_names()}:
+        return True
+    logits = [r for r in model.get_results() if "logits" in r.input_value(0).get_names()]
+    node = logits[0].input_value(0).get_node() if logits else None
+    for _ in range(4):  # the head may end in a Convert, a scale or a soft cap
+        if node is None or node.get_type_name() == "MatMul":
+            break
+        node = node.input_value(0).get_node()
+    if node is None or node.get_type_name() != "MatMul":
+        log.warning("no LM-head MatMul found before the logits: every row's logits are "
+                    "computed")
+        return False
+    keep = ops.parameter([1], ov.Type.i64, name=KEEP_INPUT)
+    keep.output(0).get_tensor().set_names({KEEP_INPUT})
+    hidden = node.input_value(0)
+    rows = ops.slice(hidden, ops.negative(keep),
+                     ops.constant(np.array([np.iinfo(np.int64).max], dtype=np.int64)),
+                     ops.constant(np.array([1], dtype=np.int64)),
+                     ops.constant(np.array([1], dtype=np.int64)))
+    node.input(0).replace_source_output(rows.output(0))
+    model.add_parameters([keep])
+    model.validate_nodes_and_infer_types()
+    return True
+
+
+def _seq_axis(read_value: Any) -> int:
+    """The state's sequence axis: where its initial shape is a static 0 ([?, heads, 0, dim])."""
+    if read_value.get_input_size():
+        for i, d in enumerate(read_value.get_input_partial_shape(0)):
+            if d.is_static and d.get_length() == 0:
+                return i
+    return 2
+
+
+def _compressed(model: Any) -> bool:
+    """Whether the weights are int8/int4 (large constants of a low-precision type)."""
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant" and \
+                op.get_output_element_type(0).get_type_name() in _COMPRESSED:
+            shape = op.get_output_shape(0)
+            if math.prod(int(d) for d in shape) >= 4096:
+                return True
+    return False
+
+
+def _ensure_stateful(model: Any, path: str) -> None:
+    """A non-stateful IR is converted to stateful (warning); one with no KV cache is refused."""
+    if model.get_sinks():
+        return
+    names = {n for i in model.inputs for n in i.get_names()}
+    if not any("past_key_values" in n for n in names):
+        raise EngineError(f"the OpenVINO model in {path} has no KV cache (exported with "
+                          "use_cache=False): re-export it with `chimein export --openvino`")
+    log.warning("%s is a non-stateful OpenVINO export (KV cache as explicit inputs): it is "
+                "converted to stateful at load, without the fused attention of a native "
+                "stateful export; re-export it with `chimein export --openvino` for the fast "
+                "path", path)
+    from optimum.exporters.openvino.stateful import patch_stateful
+    from transformers import AutoConfig
+
+    patch_stateful(AutoConfig.from_pretrained(path, local_files_only=True), model)
+    if not model.get_sinks():
+        raise EngineError(f"could not convert the non-stateful OpenVINO model in {path} to "
+                          "stateful: re-export it with `chimein export --openvino`")
+
+
+def load_ov_model(model: ModelSettings) -> tuple[OVModel, Any]:
+    """The compiled stateful model and its tokenizer, from an IR folder or (exported in memory)
+    a transformers folder."""
     try:
-        from optimum.intel import OVModelForCausalLM
+        import openvino as ov
     except ImportError as e:
-        raise EngineError("model.backend = 'openvino' needs optimum-intel: "
+        raise EngineError("model.backend = 'openvino' needs openvino: "
                           "pip install 'chimein[openvino]'") from e
     from transformers import AutoTokenizer
 
@@ -59,64 +409,61 @@ def load_ov_model(model: ModelSettings) -> tuple[Any, Any]:
         raise EngineError("model.quantize is for the transformers backend; OpenVINO weights "
                           "are compressed at export time")
     local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
-    is_ir = (Path(model.path) / "openvino_model.xml").exists()
-    threads = os.environ.get("OMP_NUM_THREADS")
-    ov_config = {"INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        ov_config["INFERENCE_NUM_THREADS"] = threads
-    # optimum warns on every load of a non-stateful IR ("does not contain state... re-export")
-    # and that it could not look the folder up on the hub: both are expected here (the cache
-    # must be croppable per conversation), so they are shown only with -vv.
-    quiet = not log.isEnabledFor(logging.DEBUG)
-    optimum_log = logging.getLogger("optimum")
-    level = optimum_log.level
-    if quiet:
-        optimum_log.setLevel(logging.ERROR)
+    xml = Path(model.path).expanduser() / "openvino_model.xml"
     try:
         tok = AutoTokenizer.from_pretrained(model.path, local_files_only=local_only)
-        if not is_ir:
-            log.info("exporting %s to OpenVINO IR in memory (use `chimein export --openvino` "
-                     "once to skip this at every start)", model.path)
-        ov = OVModelForCausalLM.from_pretrained(model.path, export=not is_ir, stateful=False,
-                                                use_cache=True, ov_config=ov_config,
-                                                local_files_only=local_only)
+        if xml.exists():
+            ir = ov.Core().read_model(xml)
+            _ensure_stateful(ir, model.path)
+        else:
+            ir = _export_in_memory(model.path, local_only)
+    except EngineError:
+        raise
     except OSError as e:
         raise EngineError(f"cannot load model {model.path!r}: {e}".split("\n")[0]) from e
+    except RuntimeError as e:  # openvino's own errors: unreadable or unsupported IR
+        raise EngineError(f"cannot load OpenVINO model {model.path!r}: "
+                          f"{str(e).strip().splitlines()[-1]}") from e
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return OVModel(ir, threads=int(threads) if threads and threads.isdigit() else None), tok
+
+
+def _export_in_memory(path: str, local_only: bool) -> Any:
+    try:
+        from optimum.intel import OVModelForCausalLM
+    except ImportError as e:
+        raise EngineError("serving a transformers folder with the openvino backend needs "
+                          "optimum-intel (pip install 'chimein[openvino]'), or export it once "
+                          "with `chimein export --openvino`") from e
+    log.info("exporting %s to a stateful OpenVINO IR in memory (use `chimein export "
+             "--openvino` once to skip this at every start)", path)
+    # optimum warns that it could not look a local folder up on the hub: expected here
+    optimum_log = logging.getLogger("optimum")
+    level = optimum_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        optimum_log.setLevel(logging.ERROR)
+    try:
+        ov = OVModelForCausalLM.from_pretrained(path, export=True, stateful=True, use_cache=True,
+                                                compile=False, load_in_8bit=False,
+                                                local_files_only=local_only)
     finally:
         optimum_log.setLevel(level)
-    if ov.stateful:
-        raise EngineError(f"{model.path} holds a stateful OpenVINO model, whose KV cache cannot "
-                          "be cropped per conversation: re-export it with `chimein export "
-                          "--openvino` (stateful=False)")
-    return ov, tok
+    return ov.model
 
 
-def ov_forward(ov: Any) -> Callable[[Session, list[int], int], Any]:
-    """The forward TorchLM calls, on a non-stateful OpenVINO model: the cache goes in and
-    comes out as explicit tensors, kept per conversation as an OVCache."""
-    import torch
+class OpenVINOEngine(DecisionEngine):
+    """The decision skeleton over a stateful OpenVINO model in this process (OVStateful)."""
 
-    def forward(session: Session, ids: list[int], keep: int) -> Any:
-        cache: OVCache | None = session.cache
-        past = cache.past if cache is not None else None
-        n_past = cache.get_seq_length() if cache is not None else 0
-        x = torch.tensor([ids], dtype=torch.long)
-        mask = torch.ones((1, n_past + len(ids)), dtype=torch.long)
-        with torch.inference_mode():
-            out = ov(input_ids=x, attention_mask=mask, past_key_values=past)
-        session.cache = OVCache(out.past_key_values)
-        return torch.as_tensor(out.logits[0, -keep:]).float().clone()
-
-    return forward
-
-
-class OpenVINOEngine(TransformersEngine):
-    """TorchLM's decision and sampling on an OpenVINO model: it only passes the OpenVINO
-    forward (`ov_forward`) in; no behaviour is overridden."""
-
-    def __init__(self, model: Any, tokenizer: Any, **kwargs: Any):
-        super().__init__(model, tokenizer, **{**kwargs, "device": "cpu",
-                                              "forward": ov_forward(model)})
+    def __init__(self, model: OVModel, tokenizer: Any, *, generation: GenerationSettings,
+                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 fallback_answer: str = "", version: str = "unversioned"):
+        renderer = Renderer(tokenizer, system_prompt)
+        self.lm = OVStateful(model, tokenizer, renderer, generation=generation)
+        super().__init__(self.lm, renderer, version=version,
+                         max_context_tokens=max_context_tokens,
+                         max_new_tokens=generation.max_new_tokens, trim_to=trim_to,
+                         fallback_answer=fallback_answer)
+        self.model, self.tokenizer = model, tokenizer
 
     @classmethod
     def from_settings(cls, model: ModelSettings, generation: GenerationSettings, *,
