@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from adapters.registry_watch import RegistryWatcher
     from bot.config import Settings
     from bot.message import Message
-    from adapters.registry_watch import RegistryWatcher
 
 log = logging.getLogger(__name__)
 
 
 def retrain_argv(settings: Settings) -> list[str]:
     """The command line of `chimein retrain` for this bot's config."""
-    argv = [sys.executable, "-m", "bot.cli"]
+    argv = [sys.executable, "-m", "adapters.cli"]
     if settings.source and not settings.source.startswith("("):
         argv += ["--config", settings.source]
     return argv + ["retrain", "--data-from-store", "--quiet"]

@@ -120,8 +120,8 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       lines: AsyncIterator[str] | None = None, out: TextIO | None = None,
                       engine: Any = None) -> int:
     """`chimein console`: load the model, then chat on stdin/stdout."""
-    from bot.cli import build_core
     from adapters.admin import admin_services
+    from bot.wiring import build_core
 
     out = out or sys.stdout
     if engine is None:
@@ -224,7 +224,7 @@ async def replay_file(settings: Settings, path: str | Path, *, as_json: bool = F
                       history: str = "live", limit: int | None = None,
                       out: TextIO | None = None, engine: Any = None) -> int:
     """`chimein replay FILE`: bad lines are reported with their line number and skipped."""
-    from bot.cli import build_core
+    from bot.wiring import build_core
 
     out = out or sys.stdout
     p = Path(path)

@@ -120,37 +120,45 @@ async def run_all(settings: Settings, *, engine: Any = None,
               "[discord] enabled = true)", file=sys.stderr)
         return 2
     stop = stop or asyncio.Event()
-    from adapters.console import _load_engine
-    from bot.cli import build_core
     from adapters.admin import admin_services
     from bot.store import Store
+    from bot.wiring import build_core, load_engine_async
 
     rc = 0
     with _signals_set(stop):  # a SIGTERM while the model loads is a clean stop too
         if engine is None:
             log.info("loading model %s", settings.model.path or settings.model.registry_dir)
-            engine = await _load_engine(settings)
+            engine = await load_engine_async(settings)
         if stop.is_set():
             log.info("stopped before starting")
             return 0
-        async with Store.from_settings(settings.store) as store:
+        # Every lifetime in one stack; it unwinds in reverse: the admin services stop, the
+        # answers already queued go out, the adapters disconnect, the core and the store close.
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(Store.from_settings(settings.store))
             core = build_core(settings, engine=engine, store=store)
+            stack.push_async_callback(core.close, False)
             adapters: list[RunnableAdapter] = []
-            try:
-                async with admin_services(core, settings):
-                    rc = await _serve(core, plans, adapters, stop)
-            finally:
-                # Answers already queued still go out, then nothing new comes in.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(core.flush(), DRAIN_SECONDS)
-                for a in reversed(adapters):
-                    try:
-                        await a.close()
-                    except Exception:
-                        log.exception("closing the %s adapter failed", a.platform)
-                await core.close(drain=False)
+            stack.push_async_callback(_close_adapters, adapters)
+            stack.push_async_callback(_drain, core)
+            await stack.enter_async_context(admin_services(core, settings))
+            rc = await _serve(core, plans, adapters, stop)
     log.info("stopped")
     return rc
+
+
+async def _drain(core: Core) -> None:
+    """Answers already queued still go out before the adapters disconnect."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(core.flush(), DRAIN_SECONDS)
+
+
+async def _close_adapters(adapters: list[RunnableAdapter]) -> None:
+    for a in reversed(adapters):
+        try:
+            await a.close()
+        except Exception:
+            log.exception("closing the %s adapter failed", a.platform)
 
 
 async def _serve(core: Core, plans: list[tuple[str, AdapterFactory]],

@@ -13,7 +13,7 @@ removed from the store again (the model never sees it either).
 
 `retrain` and `reload` call the optional async callbacks `on_retrain` / `on_reload`
 (`async def cb(msg: Message) -> str | None`; the returned text is the answer), which the
-training side wires; unset, the answer says so. `core` is set by `bot.cli.build_core`.
+training side wires; unset, the answer says so. `core` is set by `bot.wiring.build_core`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class CommandHandler:
         self.policy = policy
         self.admins = frozenset(a.strip() for a in settings.bot.admins if a.strip())
         self.name = settings.bot.name or "assistant"
-        self.core: Any = None  # set by bot.cli.build_core
+        self.core: Any = None  # set by bot.wiring.build_core
         self.on_retrain: Callback | None = None
         self.on_reload: Callback | None = None
         wake = [w for w in (*settings.bot.wake_words, self.name) if w]

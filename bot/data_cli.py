@@ -22,7 +22,7 @@ from bot import config as config_mod
 
 
 def add_data_commands(data_sub: Any) -> None:
-    """Add `export`, `stats` and `forget` under `chimein data` (explicit wiring in bot.cli)."""
+    """Add `export`, `stats` and `forget` under `chimein data` (explicit wiring in adapters.cli)."""
     sp = data_sub.add_parser("export", help="export consented conversations from the store "
                                             "(JSONL, PII scrubbed)")
     sp.add_argument("out", metavar="OUT.jsonl", help="file to write (replaced atomically)")

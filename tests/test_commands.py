@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from bot import config as config_mod
-from bot.cli import build_core
 from bot.commands import CommandHandler
 from bot.core import Core
 from bot.engine.fake import ScriptedEngine
 from bot.message import ConversationKey, Message
 from bot.store import Store
+from bot.wiring import build_core
 from tests.conftest import QueueAdapter
 
 K = ConversationKey("test", "general")

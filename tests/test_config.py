@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters.cli import main
 from bot import config
-from bot.cli import main
 from tests.conftest import ROOT
 
 

@@ -135,12 +135,12 @@ async def test_replay_gold_history_uses_the_files_answers(tmp_path, tiny_lm, tin
 
 def test_replay_cli_subprocess(tmp_path, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
     f = write_jsonl(tmp_path / "chats.jsonl")
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "replay", str(f), "--model",
+    r = subprocess.run([sys.executable, "-m", "adapters.cli", "replay", str(f), "--model",
                         str(tiny_model_dir), "--json", "--limit", "1"],
                        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "replay", str(f), "--model",
+    r = subprocess.run([sys.executable, "-m", "adapters.cli", "replay", str(f), "--model",
                         str(tmp_path / "missing")], check=False, capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "does not exist" in r.stderr

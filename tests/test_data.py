@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main as chimein
+from adapters.cli import main as chimein
 from training.data import decision_points, detect_language, read_file, read_files, split, stats
 
 GOOD_OBJ = {"id": "c1", "tags": ["en", "engineering", "addressed"], "messages": [

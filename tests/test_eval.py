@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main as chimein
+from adapters.cli import main as chimein
 from bot.config import GenerationSettings
 from bot.engine.fake import ScriptedEngine
 from bot.engine.transformers_backend import TransformersEngine

@@ -52,7 +52,7 @@ def test_trl_only_in_training() -> None:
 
 
 def test_importing_bot_loads_no_heavy_module() -> None:
-    code = ("import sys, bot.cli, bot.core, bot.engine, bot.render, bot.policy, bot.config; "
+    code = ("import sys, bot.wiring, bot.core, bot.engine, bot.render, bot.policy, bot.config; "
             "print(sorted(m for m in ('torch','transformers','peft','trl','slack_bolt',"
             "'discord') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,

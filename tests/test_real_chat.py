@@ -12,12 +12,12 @@ from pathlib import Path
 
 from adapters.console import replay_file
 from bot import config
-from bot.cli import build_core
 from bot.core import DecisionRecord
 from bot.engine.transformers_backend import TransformersEngine
 from bot.message import ConversationKey, Message
 from bot.render import RESPONSE, SILENCE, strip_markers
 from bot.store import Store
+from bot.wiring import build_core
 
 DATA = Path(__file__).resolve().parent / "data" / "external" / "gitter-livechat"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from adapters.cli import main as chimein
+from adapters.registry_watch import RegistryWatcher
 from bot import config
-from bot.cli import main as chimein
 from bot.core import Core, DecisionRecord
 from bot.engine import load_engine
 from bot.engine.base import EngineError
 from bot.message import ConversationKey, Message
 from bot.policy import Policy
-from adapters.registry_watch import RegistryWatcher
 from bot.registry import read_active
 from training import registry as reg
 
@@ -224,8 +224,8 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     import io
     import sys
 
-    from adapters.console import run_console
     from adapters import admin as retrain_job
+    from adapters.console import run_console
 
     root = make_registry(tmp_path, tiny_model_dir)
     reg.activate(root, "v1")
@@ -235,7 +235,7 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
                       "store": {"path": str(tmp_path / "data" / "s.sqlite3")},
                       "generation": {"max_new_tokens": 3, "temperature": 0.0}})
     argv = retrain_job.retrain_argv(s)
-    assert argv[1:] == ["-m", "bot.cli", "retrain", "--data-from-store", "--quiet"]
+    assert argv[1:] == ["-m", "adapters.cli", "retrain", "--data-from-store", "--quiet"]
     child = (f"from training import registry; registry.activate({str(root)!r}, 'v2'); "
              "print('a table'); print('PROMOTED: v2 is now active')")
     jobs: list[retrain_job.RetrainJob] = []
@@ -338,8 +338,8 @@ def test_retrain_reads_the_store_by_default_and_marks_its_export_used(tmp_path: 
 async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None:
     import sys
 
-    from bot.message import Message
     from adapters.admin import RetrainJob
+    from bot.message import Message
 
     s = config.parse({"store": {"path": str(tmp_path / "s.sqlite3")}})
     told: list[str] = []

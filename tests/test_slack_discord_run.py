@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from adapters import cli
 from adapters.run import plan_adapters, run_all
-from bot import cli
 from bot.config import ConfigError, Settings, parse
 from bot.engine.fake import ScriptedEngine
 from tests.conftest import ROOT
@@ -145,7 +145,7 @@ async def test_chimein_run_subprocess_answers_and_exits_on_sigterm(
         env = dict(os.environ, SLACK_BOT_TOKEN=slack.bot_token, SLACK_APP_TOKEN=slack.app_token,
                    HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "-v", "--config", str(cfg), "run",
+            sys.executable, "-m", "adapters.cli", "-v", "--config", str(cfg), "run",
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await slack.wait_connected(timeout=90)

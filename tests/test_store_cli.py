@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from adapters.cli import main
 from bot.engine.fake import ScriptedEngine
 from bot.message import ConversationKey, Message
 from bot.store import SCHEMA_VERSION, Store

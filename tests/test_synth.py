@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.cli import main as chimein
+from adapters.cli import main as chimein
 from training.data import read_file
 from training.synth import (
     Rejected,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.cli import main as chimein
+from adapters.cli import main as chimein
 from bot.config import Settings
 from bot.render import Renderer, assistant_text, with_silences
 from training.data import read_file

@@ -1,6 +1,6 @@
 """`chimein train | eval | retrain | models | data check`: the training command group.
 
-`bot.cli` adds these by explicit calls (`add_commands(sub)`, `add_data_commands(data_sub)`).
+`adapters.cli` adds these by explicit calls (`add_commands(sub)`, `add_data_commands(data_sub)`).
 Each command is `func(args) -> int`; settings come from `bot.config.load(args.config)`, so the
 order is defaults < config file < flags. Heavy libraries are imported inside the functions:
 `chimein --help` stays instant.

@@ -40,7 +40,7 @@ def _pick_sample(examples: list[Example]) -> Example:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from bot.cli import quiet_libraries
+    from bot.wiring import quiet_libraries
     from training.data import STARTER_DIR
 
     quiet_libraries()

@@ -1,9 +1,10 @@
-"""The `chimein` command: explicit wiring of config, engine, core and adapters.
+"""chimein: a self-hosted assistant for group chats (Slack, Discord, the console).
 
-Subcommands owned by other packages are added by explicit calls below (no plugin registry):
-`training.cli.add_commands` (train, eval, retrain, models, data check) and
-`bot.data_cli.add_data_commands` (data export, stats, forget). Heavy imports happen inside
-the command functions, so `chimein --help` and `chimein config check` are instant.
+The command line is a driving adapter, the outermost ring. Subcommands owned by other modules are added by explicit calls below (no plugin registry):
+`training.cli.add_commands` (train, eval, retrain, models, data check / synth),
+`training.export.add_commands` (export) and `bot.data_cli.add_data_commands` (data export,
+stats, forget). Heavy imports happen inside the command functions, so `chimein --help` and
+`chimein config check` are instant.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import sys
 from typing import Any
 
 from bot import config as config_mod
+from bot import data_cli
+from bot.wiring import quiet_libraries
+from training import cli as training_cli
+from training import export
 
 log = logging.getLogger("chimein")
 
@@ -34,36 +39,6 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """bitsandbytes warns at import, on CPUs with AVX-512 bf16, that it cannot fetch an
-    optional faster kernel from the hub (`pip install kernels`): it works without it, and a
-    self-hosted bot should not fetch code from a hub anyway. Shown with -vv."""
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-def build_core(settings: config_mod.Settings, engine: Any = None, store: Any = None) -> Any:
-    """Engine + policy (+ store, commands) -> Core, as `chimein run/console/replay` use it."""
-    from bot.core import Core
-    from bot.engine import load_engine
-    from bot.policy import Policy
-
-    if engine is None:
-        engine = load_engine(settings)
-    wake = list(settings.bot.wake_words) + [settings.bot.name]
-    policy = Policy(settings.policy, wake)
-    commands = None
-    if store is not None:
-        from bot.commands import CommandHandler
-
-        commands = CommandHandler(settings, store, policy)
-    core = Core(engine, policy, bot=settings.bot, runtime=settings.runtime, store=store,
-                commands=commands)
-    if commands is not None:
-        commands.core = core
-    return core
 
 
 # -- config check -----------------------------------------------------------------------
@@ -158,24 +133,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser("data", help="datasets and the message store")
     dsub = dp.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    _add_optional(dsub, "bot.data_cli", "add_data_commands")
-    _add_optional(dsub, "training.cli", "add_data_commands")
-    _add_optional(sub, "training.cli", "add_commands")
-    _add_optional(sub, "training.export", "add_commands")
+    # The other command groups, joined explicitly (their heavy imports stay inside them).
+    data_cli.add_data_commands(dsub)
+    training_cli.add_data_commands(dsub)
+    training_cli.add_commands(sub)
+    export.add_commands(sub)
     return p
-
-
-def _add_optional(sub: Any, module: str, fn: str) -> None:
-    """Explicitly named command groups from other modules (their heavy imports stay lazy)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        return
-    getattr(mod, fn)(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

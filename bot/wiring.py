@@ -1,0 +1,54 @@
+"""Settings -> the running parts: engine, policy, commands and core, built in one place.
+
+`chimein run`, `chimein console`, `chimein replay`, the demo and the tests all build a core
+here, so they run the same wiring. Heavy libraries are imported only when an engine loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.core import Core
+    from bot.engine.base import Engine
+
+
+def quiet_libraries() -> None:
+    """bitsandbytes warns at import, on CPUs with AVX-512 bf16, that it cannot fetch an
+    optional faster kernel from the hub (`pip install kernels`): it works without it, and a
+    self-hosted bot should not fetch code from a hub anyway. Shown with -vv."""
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+async def load_engine_async(settings: Settings) -> Engine:
+    """The engine of `model.backend`; loading takes seconds to minutes, so it runs on a worker
+    thread and the event loop stays free (signals, platform heartbeats)."""
+    from bot.engine import load_engine
+
+    return await asyncio.to_thread(load_engine, settings)
+
+
+def build_core(settings: Settings, engine: Any = None, store: Any = None) -> Core:
+    """Engine + policy (+ store, commands) -> Core, as `chimein run/console/replay` use it."""
+    from bot.core import Core
+    from bot.engine import load_engine
+    from bot.policy import Policy
+
+    if engine is None:
+        engine = load_engine(settings)
+    wake = list(settings.bot.wake_words) + [settings.bot.name]
+    policy = Policy(settings.policy, wake)
+    commands = None
+    if store is not None:
+        from bot.commands import CommandHandler
+
+        commands = CommandHandler(settings, store, policy)
+    core = Core(engine, policy, bot=settings.bot, runtime=settings.runtime, store=store,
+                commands=commands)
+    if commands is not None:
+        commands.core = core
+    return core
