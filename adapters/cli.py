@@ -19,6 +19,7 @@ from typing import Any
 
 from bot import config as config_mod
 from bot import data_cli
+from bot.errors import ChimeinError
 from bot.wiring import quiet_libraries
 from training import cli as training_cli
 from training import export
@@ -145,28 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from bot.engine.base import EngineError
-
     try:
         return int(args.func(args) or 0)
     except config_mod.ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print(str(e), file=sys.stderr)  # every problem, one a line
         return 2
-    except EngineError as e:
+    except ChimeinError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as e:
-        # A store that cannot be opened (e.g. written by a newer chimein): said, not a
-        # traceback. Only a command that imported bot.store can raise it, so nothing heavy
-        # is imported here for the others.
-        store_mod = sys.modules.get("bot.store")
-        if store_mod is not None and isinstance(e, store_mod.StoreError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Self
 
+from bot.errors import ChimeinError
+
 # Sentence ends: Latin punctuation followed by a space, or CJK full stops (no space follows).
 _SENTENCE_END = re.compile(r"[.!?…](?=\s)|[。！？]")
 _SPACE = re.compile(r"\s")
@@ -101,7 +103,7 @@ def strip_controls(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
-class AdapterError(RuntimeError):
+class AdapterError(ChimeinError, RuntimeError):
     """A platform refused the bot's credentials or setup; the message says what to change."""
 
 

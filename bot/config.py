@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from bot.errors import ChimeinError
+
 DEFAULT_CONFIG = "config.toml"
 
 # Secrets: read from the environment, never from a file in the repo.
 SECRET_VARS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN")
 
 
-class ConfigError(ValueError):
+class ConfigError(ChimeinError, ValueError):
     """One or more problems in the configuration; `errors` lists each one."""
 
     def __init__(self, errors: list[str], source: str = DEFAULT_CONFIG):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.errors import ChimeinError
+
 if TYPE_CHECKING:
     from bot.config import Settings
 
@@ -26,7 +28,7 @@ ACTIVE_FILE = "active"
 METADATA_FILE = "metadata.json"
 
 
-class RegistryError(ValueError):
+class RegistryError(ChimeinError, ValueError):
     """The registry folder or its active pointer is unusable; the message says why."""
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot.errors import ChimeinError
 from bot.message import Turn
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ _PARTIAL_TAIL = re.compile(r"[ \t]?\(\s*(?:si(?:l(?:e(?:n(?:c(?:e)?)?)?)?)?|"
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
-class TemplateError(ValueError):
+class TemplateError(ChimeinError, ValueError):
     """The chat template cannot be used for incremental rendering or masking."""
 
 

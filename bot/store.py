@@ -77,6 +77,7 @@ import aiosqlite
 
 from bot.config import StoreSettings
 from bot.engine.base import Decision
+from bot.errors import ChimeinError
 from bot.message import ConversationKey, Deletion, Edit, Message, Reaction, model_view_text
 from bot.scrub import Scrubber
 
@@ -212,7 +213,7 @@ ALTER TABLE decisions ADD COLUMN address TEXT;
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-class StoreError(RuntimeError):
+class StoreError(ChimeinError, RuntimeError):
     """The store cannot be opened or used; the message says what to do."""
 
 

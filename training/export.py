@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.errors import ChimeinError
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("fp32", "int8", "int4")
 
 
-class ExportError(RuntimeError):
+class ExportError(ChimeinError, RuntimeError):
     pass
 
 

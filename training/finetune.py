@@ -27,12 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.errors import ChimeinError
 from training.data import Example, Loaded, read_files, sha256_file, split
 
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(ChimeinError, RuntimeError):
     """Training cannot start or finish; the message says what to change."""
 
 

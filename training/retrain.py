@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.errors import ChimeinError
 from training.data import STARTER_DIR, Example, read_files, sha256_file, split, write_jsonl
 
 log = logging.getLogger(__name__)
 
 
-class RetrainError(RuntimeError):
+class RetrainError(ChimeinError, RuntimeError):
     """Retraining cannot run; the message says what to change."""
 
 

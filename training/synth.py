@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bot.errors import ChimeinError
 from bot.policy import Addressing
 from bot.render import ASSISTANT_NAME
 from bot.transcript import parse_line
@@ -127,7 +128,7 @@ something, or the request is harmful or private, it says so in one sentence.
 """
 
 
-class SynthError(Exception):
+class SynthError(ChimeinError):
     """A problem that stops the run (said in one line)."""
 
 

@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from bot.errors import ChimeinError
 from bot.message import Turn
 from bot.sessions import Session
 
 
-class EngineError(RuntimeError):
+class EngineError(ChimeinError, RuntimeError):
     """A model could not be loaded or run; the message says what to change."""
 
 
