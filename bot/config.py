@@ -76,6 +76,10 @@ class GenerationSettings:
     top_p: float = _opt(0.9, lo=0.0, hi=1.0)
     top_k: int = _opt(50, lo=0, hi=100_000)
     seed: int | None = None
+    # Show answers as they are written (Slack threads, Discord, the console); off: post each
+    # answer whole when it is done. Partial text is updated at most every stream_interval_ms.
+    stream: bool = True
+    stream_interval_ms: int = _opt(1000, lo=50, hi=60_000)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from bot.config import BotSettings, RuntimeSettings
+from bot.config import BotSettings, GenerationSettings, RuntimeSettings
 from bot.engine.base import Decision, Engine
 from bot.message import (
     ConversationKey,
@@ -35,6 +35,7 @@ from bot.message import (
 )
 from bot.policy import Policy
 from bot.sessions import Session, SessionStore
+from bot.stream import Relay, ReplyStream
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class Adapter(Protocol):
     def typing(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         """A typing/status indicator shown while the answer is generated."""
         ...
+
+    # Optional: `open_stream(reply) -> ReplyStream | None` where the platform can show an
+    # answer as it is written (bot.stream.ReplyStream); without it, answers are posted whole.
 
 
 class Store(Protocol):
@@ -115,11 +119,13 @@ class Core:
 
     def __init__(self, engine: Engine, policy: Policy, *, bot: BotSettings | None = None,
                  runtime: RuntimeSettings | None = None, store: Store | None = None,
-                 commands: Commands | None = None):
+                 commands: Commands | None = None,
+                 generation: GenerationSettings | None = None):
         self.engine = engine
         self.policy = policy
         self.bot = bot or BotSettings()
         self.runtime = runtime or RuntimeSettings()
+        self.generation = generation or GenerationSettings()
         self.store = store
         self.commands = commands
         self.sessions = SessionStore(self.runtime.max_sessions,
@@ -341,10 +347,12 @@ class Core:
         async with self._gate:
             await self._gate.wait_for(lambda: not self._swapping)
             self._inflight += 1
+        # An answer to a (possible) address goes where that message expects it.
+        in_place = addressed or lenient
         try:
-            text, decision, reason, version = await self._decide_and_respond(
+            text, decision, reason, version, streamed = await self._decide_and_respond(
                 key, session, new_turns, last, addressed, force, threshold,
-                cooldown=not (force or lenient))
+                cooldown=not (force or lenient), in_place=in_place)
         finally:
             async with self._gate:
                 self._inflight -= 1
@@ -353,8 +361,8 @@ class Core:
             if not (force or lenient):
                 self.policy.record_chimein(key)
             latency = (time.perf_counter() - t0) * 1000
-            # An answer to a (possible) address goes where that message expects it.
-            posted_id = await self._post(key, text, last, addressed=addressed or lenient)
+            posted_id = streamed[1] if streamed[0] else \
+                await self._post(key, text, last, addressed=in_place)
             if address is not None:  # an answer to a person, not a chime-in to the channel
                 self.policy.note_answered(last)
             if self.store is not None:
@@ -395,10 +403,13 @@ class Core:
                 finally:
                     await self._model_turn.acquire()
 
-    async def _decide_and_respond(self, key: ConversationKey, session: Session,
-                                  new_turns: list[Turn], last: Message, addressed: bool,
-                                  force: bool, threshold: float, *, cooldown: bool
-                                  ) -> tuple[str | None, Decision, str, str]:
+    async def _decide_and_respond(
+            self, key: ConversationKey, session: Session, new_turns: list[Turn],
+            last: Message, addressed: bool, force: bool, threshold: float, *,
+            cooldown: bool, in_place: bool
+    ) -> tuple[str | None, Decision, str, str, tuple[bool, str | None]]:
+        """The decision and, when it speaks, the answer. The last item is (streamed, posted
+        id): a streamed answer has already been posted, whole, by its stream."""
         engine = self.engine
         # Past the chime-in cooldown the model still decides (its history needs the turn),
         # at threshold 0: it cannot speak, and the record says the cooldown held it back.
@@ -418,18 +429,43 @@ class Core:
         reason = "addressed" if addressed else "always" if force else \
             "cooldown" if held and decision.p_silence < threshold else "model"
         text: str | None = None
+        streamed: tuple[bool, str | None] = (False, None)
         if decision.speak:
             adapter = self.adapters.get(key.platform)
+            stream = self._open_stream(adapter, Reply(key, "", last.message_id, in_place))
             typing = adapter.typing(key) if adapter is not None else _NullTyping()
             async with typing:
                 try:
-                    text = await self._run(engine.respond, session)
+                    if stream is None:
+                        text = await self._run(engine.respond, session)
+                    else:
+                        text = await self._respond_streaming(engine, session, stream)
                 except Exception:
                     session.drop_cache()
-                    if addressed:
+                    if stream is not None:  # nothing half-written stays up
+                        await stream.abort(_APOLOGY if addressed else None)
+                    elif addressed:
                         await self._post(key, _APOLOGY, last, addressed=True)
                     raise
-        return text, decision, reason, engine.version
+            if stream is not None:
+                streamed = (True, await stream.finish(text))
+        return text, decision, reason, engine.version, streamed
+
+    def _open_stream(self, adapter: Adapter | None, reply: Reply) -> ReplyStream | None:
+        """The adapter's stream for this answer, if streaming is on and it can show one."""
+        opener = getattr(adapter, "open_stream", None) if self.generation.stream else None
+        return opener(reply) if opener is not None else None
+
+    async def _respond_streaming(self, engine: Engine, session: Session,
+                                 stream: ReplyStream) -> str:
+        """Generate on the inference thread while the text so far goes to the platform at
+        most every stream_interval_ms (coalesced while a platform call is in flight)."""
+        relay = Relay(stream.update, interval=self.generation.stream_interval_ms / 1000)
+        try:
+            text: str = await self._run(engine.respond, session, relay.offer)
+        finally:
+            await relay.close()
+        return text
 
     def seed_context(self, key: ConversationKey, turns: Sequence[Turn]) -> bool:
         """Give a conversation new to the bot its earlier history (a thread's messages fetched

@@ -29,6 +29,7 @@ from bot.engine.context import fit_context, render_decision
 from bot.message import Turn, assistant
 from bot.render import DecisionInput, Renderer, strip_markers, with_silences
 from bot.sessions import Session
+from bot.stream import visible
 
 DEFAULT_FALLBACK: str = BotSettings.fallback_answer  # the one default, config's
 
@@ -134,7 +135,8 @@ class DecisionEngine:
             raise RuntimeError("respond() called without a speaking decision")
         session.pending = None
         d, turns = pending
-        emit = None if on_text is None else (lambda text: on_text(strip_markers(text)))
+        # what a reader may see of the partial answer: never a marker, nor the start of one
+        emit = None if on_text is None else (lambda text: on_text(visible(text)))
         answer = strip_markers(self.backend.generate(session, d, turns, emit))
         answer = answer or self.fallback_answer
         session.turns = session.turns[:-1] + [assistant(answer)]

@@ -9,6 +9,7 @@ model use TransformersEngine on a tiny local model.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,8 +30,9 @@ class ScriptedBackend:
 
     def __init__(self, script: Callable[[Sequence[Turn]], float],
                  answer: Callable[[Sequence[Turn]], str], delay: float,
-                 calls: list[tuple[str, int]]):
+                 calls: list[tuple[str, int]], word_delay: float = 0.0):
         self.script, self.answer, self.delay, self.calls = script, answer, delay, calls
+        self.word_delay = word_delay  # > 0: the answer is written a word at a time
 
     def score(self, session: Session, d: DecisionInput | None,
               turns: Sequence[Turn]) -> Scored:
@@ -45,7 +47,12 @@ class ScriptedBackend:
                  on_text: Callable[[str], None] | None) -> str:
         self.calls.append(("respond", len(turns)))
         text = self.answer(turns)
-        if on_text:
+        if on_text and self.word_delay > 0:
+            words = re.findall(r"\S+\s*", text)
+            for i in range(1, len(words) + 1):
+                time.sleep(self.word_delay)
+                on_text("".join(words[:i]))
+        elif on_text:
             on_text(text)
         return text
 
@@ -59,10 +66,11 @@ class ScriptedEngine(DecisionEngine):
 
     def __init__(self, script: Callable[[Sequence[Turn]], float] | None = None,
                  answer: Callable[[Sequence[Turn]], str] | None = None, *,
-                 version: str = "scripted", delay: float = 0.0):
+                 version: str = "scripted", delay: float = 0.0, word_delay: float = 0.0):
         self.calls: list[tuple[str, int]] = []
         super().__init__(ScriptedBackend(script or (lambda turns: 0.9),
-                                         answer or _default_answer, delay, self.calls),
+                                         answer or _default_answer, delay, self.calls,
+                                         word_delay),
                          None, version=version, fallback_answer="…")
 
     def observe(self, session: Session, new_turns: Sequence[Turn]) -> None:
