@@ -76,7 +76,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 # -- replay -----------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
-    from adapters.console import replay_file
+    from bot.replay import replay_file
 
     settings = _settings(args, path=args.model, adapter=args.adapter)
     if args.threshold is not None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.console import parse_console_line, replay_file, run_console
+from adapters.console import parse_console_line, run_console
+from bot.replay import replay_file
 from bot import config
 from bot.engine.fake import ScriptedEngine
 from bot.engine.transformers_backend import TransformersEngine

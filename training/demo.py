@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result.report))
 
     print("\n== 3. a validation conversation replayed through the real core ==")
-    from adapters.console import replay_file
+    from bot.replay import replay_file
 
     valid = read_file(valid_file).examples
     sample = _pick_sample(valid)
