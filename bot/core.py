@@ -1,11 +1,20 @@
-"""The async runtime: per-conversation queues, coalescing, the error boundary.
+"""The async runtime: per-conversation queues, decision points, the error boundary.
 
-adapter -> core: `await core.handle(event)`; core -> adapter: `await adapter.send(reply)`.
-Each conversation (channel or thread) has its own queue and worker task; a burst of messages
-arriving while the model is busy is taken as one batch and decided once, after the last message
-(answering if any of them addressed the bot). Inference runs off the event loop on ONE worker
-thread shared by all conversations. An exception while handling one batch is logged (and, for
-an addressed message, answered with a short apology); the other conversations never notice.
+adapter -> core: `await core.handle(event)`; core -> adapter: `await adapter.send(reply)`, or
+the answer as it is written through the adapter's optional `open_stream(reply)`.
+Each conversation (channel or thread) has its own queue and worker task. A burst that arrives
+while the model is busy is one batch: every address and every command in it is a decision
+point of its own, answered in its own place with the history up to it; unaddressed messages
+after the last point get one decision together (DESIGN.md, "Addressing and bursts"). A model
+in this process has one inference thread that conversations take turns on (a cache rebuild
+yields to them between chunks); a server engine serves conversations concurrently, each one's
+messages still in order. An exception at one decision point is logged (and an addressed
+message answered with a short apology); the batch's other points and the other conversations
+go on.
+
+Why one module of ~550 lines: the runtime is one state machine (queues, the model's turn, the
+swap gate, decision points, streaming); the Protocols of its seams are here because the core
+is what they are written for.
 """
 
 from __future__ import annotations

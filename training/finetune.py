@@ -12,6 +12,10 @@ ids, so no conversation attends to another (`tests/test_packing.py` checks the l
 Precision: fp32 on CPU (this CPU runs bf16 ~70x slower), bf16 on CUDA that supports it, else
 fp16 autocast. `--from-scratch tiny` trains a small tokenizer and model from the data alone
 (full training, no LoRA) for offline demos and tests.
+
+Why one module of ~600 lines: it is one pipeline read top to bottom (data, encoding, trainer,
+model, save, evaluation of the result), the shape of trl's own `scripts/sft.py`; split, the
+sequence would be scattered over files that are never used apart.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ line is read back with `bot.transcript.parse_line`, the reader `chimein data che
 A rejected answer is counted by reason and another one is asked for. Accepted lines are
 appended and flushed one at a time, so an interrupted run (Ctrl-C, a server error) keeps
 everything accepted, and running the same command again continues where it stopped.
+
+Why one module of ~600 lines: the teacher client, the task and its prompt, the checks and the
+resumable writer are one pipeline, and the checks belong next to the prompt they police.
 """
 
 from __future__ import annotations
