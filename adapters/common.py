@@ -95,14 +95,6 @@ def _is_joiner(ch: str) -> bool:
             or 0x0300 <= cp <= 0x036F or 0xE0020 <= cp <= 0xE007F)
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def strip_controls(text: str) -> str:
-    """Drop control characters (NUL, ESC...) a platform passes through; keep tab and newline."""
-    return _CONTROL.sub("", text)
-
-
 class AdapterError(ChimeinError, RuntimeError):
     """A platform refused the bot's credentials or setup; the message says what to change."""
 

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from bot.config import Settings
 from bot.core import Core, DecisionRecord
-from bot.message import ConversationKey, Message, Reply, Turn
+from bot.message import ConversationKey, Message, Reply, Turn, clean_text
 from bot.render import ASSISTANT_NAME
 from bot.transcript import read_jsonl
 
@@ -62,9 +62,17 @@ def parse_console_line(line: str, last_speaker: str | None) -> tuple[str, str] |
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
+    """Lines of standard input. Read as bytes and decoded here, so a byte that is not valid in
+    the terminal's encoding becomes U+FFFD instead of ending the chat with a traceback."""
     loop = asyncio.get_running_loop()
+    raw = getattr(sys.stdin, "buffer", None)
+    encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if raw is None:  # a text-only stand-in for stdin
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+        else:
+            data = await loop.run_in_executor(None, raw.readline)
+            line = data.decode(encoding, "replace")
         if not line:
             return
         yield line
@@ -77,6 +85,12 @@ async def _load_engine(settings: Settings) -> Any:
     return await asyncio.to_thread(load_engine, settings)
 
 
+def _say(out: TextIO, text: str) -> None:
+    """One line of the console's own output, flushed: stdout may be a pipe."""
+    out.write(text + "\n")
+    out.flush()
+
+
 async def console_session(core: Core, lines: AsyncIterator[str], out: TextIO,
                           channel: str = "main") -> int:
     """Drive `core` with chat lines; returns the number of messages handled."""
@@ -87,25 +101,27 @@ async def console_session(core: Core, lines: AsyncIterator[str], out: TextIO,
     last: str | None = None
     handled = 0
     async for raw in lines:
-        line = raw.rstrip("\n")
+        # Cleaned here too, not only in Message: names are echoed back (/who), and a lone
+        # surrogate cannot even be written to a UTF-8 terminal.
+        line = clean_text(raw.rstrip("\n"))
         cmd = line.strip()
         if cmd in ("/quit", "/exit"):
             break
         if cmd == "/who":
             who = ", ".join(f"{n} ({c})" for n, c in speakers.items()) or "nobody yet"
-            out.write(f"* in this chat: {who}\n")
+            _say(out, f"* in this chat: {who}")
             continue
         if cmd.startswith("/"):
-            out.write("* commands: /who, /quit; messages are 'name: text'\n")
+            _say(out, "* commands: /who, /quit; messages are 'name: text'")
             continue
         parsed = parse_console_line(line, last)
         if parsed is None:
             if line.strip():
-                out.write("* type 'name: message', e.g. 'alice: hi there'\n")
+                _say(out, "* type 'name: message', e.g. 'alice: hi there'")
             continue
         name, text = parsed
         if name.lower() == ASSISTANT_NAME:
-            out.write("* that name is the bot's; pick another\n")
+            _say(out, "* that name is the bot's; pick another")
             continue
         last = name
         speakers[name] = speakers.get(name, 0) + 1

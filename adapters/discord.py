@@ -39,7 +39,6 @@ from adapters.common import (
     Lifecycle,
     SeenSet,
     split_text,
-    strip_controls,
     utf16_len,
 )
 from bot.config import BotSettings, DiscordSettings
@@ -53,6 +52,7 @@ from bot.message import (
     Reply,
     Turn,
     assistant,
+    clean_text,
     user,
 )
 
@@ -107,7 +107,7 @@ def render_content(content: str, ident: DiscordIdentity, *,
 
     `<@id>` -> `@Name`, the bot's own user or role mention -> `@{bot_name}`, `<@&id>` ->
     `@role`, `<#id>` -> `#channel`, `<:emoji:id>` -> `:emoji:`, `<t:unix:R>` -> a UTC time,
-    `</cmd:id>` -> `/cmd`; control characters (NUL...) are dropped.
+    `</cmd:id>` -> `/cmd`; the result is `clean_text` (no control characters, valid Unicode).
     """
     users, roles, channels = users or {}, roles or {}, channels or {}
     bot_roles = set(bot_role_ids)
@@ -139,7 +139,7 @@ def render_content(content: str, ident: DiscordIdentity, *,
         return ":" + kind.rstrip(":").split(":")[1] + ":"  # custom emoji
 
     text = _TOKEN.sub(sub, content or "")
-    return strip_controls(text), mentions_bot
+    return clean_text(text), mentions_bot
 
 
 def translate_message(msg: discord.Message, ident: DiscordIdentity,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import ChimeinError
-from bot.message import Turn
+from bot.message import Turn, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,10 @@ def user_text(turn: Turn) -> str:
 
 
 def strip_markers(text: str) -> str:
-    """Remove every marker a model may emit, and characters no chat should receive (C0
-    controls other than newline/tab, U+FFFD from bytes cut mid-character): the result is what
-    may be posted."""
+    """Remove every marker a model may emit, and characters no chat should receive (control
+    characters other than newline/tab, a bare carriage return (made a newline), U+FFFD from
+    bytes cut mid-character): the result is what may be posted."""
+    text = clean_text(text)
     while True:  # to a fixed point: removing one marker may join the pieces of another
         before = text
         text = _MARKER_RE.sub("", text)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.message import clean_text, cleaning_changes
+
 ROLES = ("user", "assistant", "system")
 
 
@@ -23,6 +25,7 @@ class Conversation:
     records: list[dict[str, Any]]
     id: str | None = None
     tags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what reading changed (text cleaned), for `data check`
 
 
 @dataclass
@@ -32,21 +35,32 @@ class ReadResult:
 
 
 def parse_line(text: str) -> Conversation:
-    """One JSONL line -> Conversation (line=0); raises ValueError saying what is wrong."""
+    """One JSONL line -> Conversation (line=0); raises ValueError saying what is wrong.
+
+    Text comes out as `bot.message.clean_text` makes it (valid Unicode, no control characters
+    but newline and tab); what that changed is listed in `notes`."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply (lists or objects inside each other hundreds "
+                         "of levels deep): not a conversation") from None
     conv_id: str | None = None
     tags: tuple[str, ...] = ()
+    notes: list[str] = []
     if isinstance(obj, dict):
         if "messages" not in obj:
             raise ValueError("an object line needs a \"messages\" list")
-        conv_id = None if obj.get("id") is None else str(obj["id"])
+        raw_id = obj.get("id")
+        if raw_id is not None and not isinstance(raw_id, str | int | float):
+            raise ValueError("\"id\" must be a string or a number")
+        conv_id = None if raw_id is None else clean_text(raw_id)
         raw_tags = obj.get("tags") or []
-        if not isinstance(raw_tags, list):
-            raise ValueError("\"tags\" must be a list")  # noqa: TRY004 - reported as a bad line
-        tags = tuple(str(t) for t in raw_tags)
+        if not isinstance(raw_tags, list) or not all(
+                isinstance(t, str | int | float) for t in raw_tags):
+            raise ValueError("\"tags\" must be a list of strings")
+        tags = tuple(clean_text(t) for t in raw_tags)
         obj = obj["messages"]
     if not isinstance(obj, list):
         raise ValueError(f"expected a list of messages, got {type(obj).__name__}")  # noqa: TRY004
@@ -70,6 +84,10 @@ def parse_line(text: str) -> Conversation:
             raise ValueError(f"message {i}: name must be a string")
         if role == "system" and i != 0:
             raise ValueError(f"message {i}: a system message may only come first")
+        if content is not None:
+            content = _cleaned(content, f"message {i}: content", notes)
+        if name is not None:
+            name = _cleaned(name, f"message {i}: name", notes)
         rec: dict[str, Any] = {"role": role, "content": content}
         if role == "user":
             rec["name"] = (name or "").strip() or "user"
@@ -78,7 +96,14 @@ def parse_line(text: str) -> Conversation:
         records.append(rec)
     if not any(r["role"] == "user" for r in records):
         raise ValueError("no user message")
-    return Conversation(0, records, conv_id, tags)
+    return Conversation(0, records, conv_id, tags, tuple(notes))
+
+
+def _cleaned(value: str, where: str, notes: list[str]) -> str:
+    what = cleaning_changes(value)
+    if what is not None:
+        notes.append(f"{where}: {what}")
+    return clean_text(value)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Conversation | None, str | None]]:
@@ -97,7 +122,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Conversation | None, str
             except ValueError as e:
                 yield n, None, str(e)
                 continue
-            yield n, Conversation(n, conv.records, conv.id, conv.tags), None
+            yield n, Conversation(n, conv.records, conv.id, conv.tags, conv.notes), None
 
 
 def read_jsonl(path: str | Path) -> ReadResult:

@@ -123,7 +123,7 @@ def read_file(path: str | Path) -> Loaded:
             if err is not None or conv is None:
                 out.errors.append(f"{p}:{n}: {err}")
                 continue
-            out.warnings += [f"{p}:{n}: {note}" for note in _check(conv)]
+            out.warnings += [f"{p}:{n}: {note}" for note in (*conv.notes, *_check(conv))]
             cid = conv.id or conversation_id(conv.records)
             out.examples.append(Example(str(p), n, cid, conv.tags, conv.records))
     except OSError as e:
