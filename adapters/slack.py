@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 import weakref
@@ -33,14 +34,18 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text, strip_controls
+from adapters.common import LRU, AdapterError, Lifecycle, SeenSet, split_text
 from bot.config import BotSettings, SlackSettings
 from bot.core import Core
 from bot.message import (
@@ -53,6 +58,7 @@ from bot.message import (
     Reply,
     Turn,
     assistant,
+    clean_text,
     user,
 )
 
@@ -71,7 +77,6 @@ CONNECT_TIMEOUT = 60.0
 _SPOKEN_SUBTYPES = {None, "thread_broadcast", "file_share", "me_message", "bot_message"}
 _TOKEN = re.compile(r"<([^<>\n]{1,500})>")
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
-# C0 controls other than tab/newline/carriage return carry nothing a chat can show.
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,18 @@ class SlackIdentity:
 
 
 # -- pure translation -------------------------------------------------------------------------
+# Every field of a payload is read through these two: Slack documents the shapes, but a handler
+# must not die (and leave its envelope unacknowledged) on one it did not expect.
+def _obj(value: Any) -> Mapping[str, Any]:
+    """A nested payload object, or an empty one where the payload has something else."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(value: Any) -> str | None:
+    """A string field, or None where the payload has something else (a number, a list...)."""
+    return value if isinstance(value, str) else None
+
+
 def is_dm_channel(channel: str, channel_type: str | None = None) -> bool:
     """One-to-one DMs (`im`); group DMs (`mpim`) are treated like channels."""
     if channel_type:
@@ -108,11 +125,11 @@ def user_ids_to_resolve(event: Mapping[str, Any], ident: SlackIdentity | None = 
     """Every user id whose display name the translation of `event` needs (never the bot's own:
     it is called `bot_name`)."""
     ids: set[str] = set()
-    inner = event.get("message") if event.get("subtype") == "message_changed" else event
-    if isinstance(inner, Mapping):
-        if isinstance(inner.get("user"), str) and not inner.get("bot_id"):
-            ids.add(inner["user"])
-        ids |= mentioned_user_ids(str(inner.get("text") or ""))
+    inner = _obj(event.get("message")) if event.get("subtype") == "message_changed" else event
+    uid = _str(inner.get("user"))
+    if uid and not inner.get("bot_id"):
+        ids.add(uid)
+    ids |= mentioned_user_ids(_str(inner.get("text")) or "")
     if ident is not None:
         ids.discard(ident.bot_user_id)
     return ids
@@ -122,8 +139,8 @@ def render_text(text: str, names: Mapping[str, str], ident: SlackIdentity) -> tu
     """Slack's markup -> what people read; returns (text, mentions the bot).
 
     `<@U1>` -> `@Name`, the bot's own mention -> `@{bot_name}`, `<#C1|general>` -> `#general`,
-    `<!here>` -> `@here`, `<https://x|label>` -> `label (https://x)`, `&amp;` -> `&`; control
-    characters (NUL...) are dropped.
+    `<!here>` -> `@here`, `<https://x|label>` -> `label (https://x)`, `&amp;` -> `&`; the
+    result is `clean_text` (no control characters, valid Unicode).
     """
     mentions_bot = False
 
@@ -154,7 +171,7 @@ def render_text(text: str, names: Mapping[str, str], ident: SlackIdentity) -> tu
     out = _TOKEN.sub(sub, text or "")
     # Slack escapes only these three; unescape after the <...> tokens are gone.
     out = out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    return strip_controls(out), mentions_bot
+    return clean_text(out), mentions_bot
 
 
 def slack_escape(text: str) -> str:
@@ -163,22 +180,28 @@ def slack_escape(text: str) -> str:
 
 
 def _author_name(msg: Mapping[str, Any], names: Mapping[str, str]) -> str:
-    uid = msg.get("user")
-    if isinstance(uid, str) and uid in names:
+    uid = _str(msg.get("user"))
+    if uid is not None and uid in names:
         return names[uid]
-    prof = msg.get("user_profile") or {}
+    prof = _obj(msg.get("user_profile"))
     for k in ("display_name", "real_name", "name"):
-        if prof.get(k):
+        if _str(prof.get(k)):
             return str(prof[k])
-    bot = msg.get("bot_profile") or {}
-    return str(msg.get("username") or bot.get("name") or uid or msg.get("bot_id") or "someone")
+    bot = _obj(msg.get("bot_profile"))
+    return (_str(msg.get("username")) or _str(bot.get("name")) or uid
+            or _str(msg.get("bot_id")) or "someone")
 
 
 def _float_ts(ts: Any) -> float:
-    try:
-        return float(ts)
-    except (TypeError, ValueError):
-        return time.time()
+    """A Slack ts ("1760000100.000100") as a time; now, where it is missing or not a time."""
+    if isinstance(ts, str | int | float) and not isinstance(ts, bool):
+        try:
+            value = float(ts)
+        except ValueError:
+            return time.time()
+        if math.isfinite(value):
+            return value
+    return time.time()
 
 
 def message_from_payload(msg: Mapping[str, Any], channel: str, ident: SlackIdentity,
@@ -186,20 +209,22 @@ def message_from_payload(msg: Mapping[str, Any], channel: str, ident: SlackIdent
                          ) -> Message | None:
     """One Slack message object (an event, or an entry of conversations.replies) -> Message."""
     subtype = msg.get("subtype")
-    if subtype not in _SPOKEN_SUBTYPES:
+    if not (subtype is None or isinstance(subtype, str)) or subtype not in _SPOKEN_SUBTYPES:
         return None
-    ts = msg.get("ts")
-    if not isinstance(ts, str):
+    ts = _str(msg.get("ts"))
+    if not ts:
         return None
-    uid = msg.get("user")
-    bot_id = msg.get("bot_id")
+    uid = _str(msg.get("user"))
+    bot_id = _str(msg.get("bot_id"))
     is_self = (uid is not None and uid == ident.bot_user_id) or (
         bot_id is not None and bot_id == ident.bot_id)
     is_bot = not is_self and (bot_id is not None or subtype == "bot_message")
-    text, mentions_bot = render_text(str(msg.get("text") or ""), names, ident)
-    files = tuple(str(f.get("name") or f.get("title") or "file")
-                  for f in msg.get("files") or [] if isinstance(f, Mapping))
-    thread_ts = msg.get("thread_ts")
+    text, mentions_bot = render_text(_str(msg.get("text")) or "", names, ident)
+    raw_files = msg.get("files")
+    files = tuple(_str(f.get("name")) or _str(f.get("title")) or "file"
+                  for f in (raw_files if isinstance(raw_files, list) else [])
+                  if isinstance(f, Mapping))
+    thread_ts = _str(msg.get("thread_ts"))
     return Message(
         key=conversation_key(channel, ts, thread_ts),
         author_id=str(uid or bot_id or "unknown"),
@@ -230,51 +255,61 @@ def translate_event(event: Mapping[str, Any], ident: SlackIdentity,
     etype = event.get("type")
     channel = event.get("channel")
     if etype in ("message", "app_mention"):
-        if not isinstance(channel, str):
+        if not isinstance(channel, str) or not channel:
             return None
         subtype = event.get("subtype")
         if subtype == "message_changed":
-            new = event.get("message") or {}
-            old = event.get("previous_message") or {}
-            if not isinstance(new, Mapping) or not new.get("ts"):
+            new = _obj(event.get("message"))
+            old = _obj(event.get("previous_message"))
+            ts = _str(new.get("ts"))
+            if not ts:
                 return None
             if new.get("text") == old.get("text"):
                 return None  # an unfurl, a reply count or a reaction changed, not the text
-            text, _ = render_text(str(new.get("text") or ""), names, ident)
-            return Edit(conversation_key(channel, new["ts"], new.get("thread_ts")),
-                        str(new["ts"]), str(new.get("user") or new.get("bot_id") or "unknown"),
+            text, _ = render_text(_str(new.get("text")) or "", names, ident)
+            return Edit(conversation_key(channel, ts, _str(new.get("thread_ts"))), ts,
+                        _str(new.get("user")) or _str(new.get("bot_id")) or "unknown",
                         text, ts=_float_ts(event.get("event_ts") or event.get("ts")))
         if subtype == "message_deleted":
-            deleted = event.get("deleted_ts")
-            if not isinstance(deleted, str):
+            deleted = _str(event.get("deleted_ts"))
+            if not deleted:
                 return None
-            prev = event.get("previous_message") or {}
-            return Deletion(conversation_key(channel, deleted, prev.get("thread_ts")), deleted,
-                            ts=_float_ts(event.get("event_ts") or event.get("ts")))
+            prev = _obj(event.get("previous_message"))
+            return Deletion(conversation_key(channel, deleted, _str(prev.get("thread_ts"))),
+                            deleted, ts=_float_ts(event.get("event_ts") or event.get("ts")))
         return message_from_payload(event, channel, ident, names, event.get("channel_type"))
     if etype in ("reaction_added", "reaction_removed"):
-        item = event.get("item") or {}
-        if item.get("type") != "message" or event.get("user") == ident.bot_user_id:
+        item = _obj(event.get("item"))
+        reactor, emoji, ts = _str(event.get("user")), _str(event.get("reaction")), \
+            _str(item.get("ts"))
+        if (item.get("type") != "message" or not reactor or reactor == ident.bot_user_id
+                or not emoji or not ts):
             return None
-        ts = item.get("ts")
-        own = (own_messages or {}).get(str(ts))
+        own = (own_messages or {}).get(ts)
         if own is None and event.get("item_user") != ident.bot_user_id:
             return None  # feedback is reactions on the bot's own messages only
-        key = own or ConversationKey(PLATFORM, str(item.get("channel")))
-        return Reaction(key, str(ts), str(event.get("user")), str(event.get("reaction")),
-                        added=etype == "reaction_added",
+        item_channel = _str(item.get("channel"))
+        if own is None and not item_channel:
+            return None
+        key = own or ConversationKey(PLATFORM, item_channel or "")
+        return Reaction(key, ts, reactor, emoji, added=etype == "reaction_added",
                         ts=_float_ts(event.get("event_ts")))
     return None
 
 
 def display_name(user_obj: Mapping[str, Any]) -> str:
     """users.info's user -> the name people see: display name, then real name, then handle."""
-    prof = user_obj.get("profile") or {}
+    prof = _obj(user_obj.get("profile"))
     for v in (prof.get("display_name"), prof.get("real_name"), user_obj.get("real_name"),
               user_obj.get("name")):
         if isinstance(v, str) and v.strip():
             return v.strip()
-    return str(user_obj.get("id") or "someone")
+    return _str(user_obj.get("id")) or "someone"
+
+
+def _unreadable(e: Exception) -> None:
+    log.warning("slack: acknowledged and skipped an event that slack-bolt cannot read (%s: %s)",
+                type(e).__name__, e)
 
 
 # -- display names ---------------------------------------------------------------------------
@@ -393,6 +428,9 @@ class SlackAdapter(Lifecycle):
             self.handler = AsyncSocketModeHandler(self.app, self._app_token,
                                                   web_client=self.client,
                                                   ping_interval=self.ping_interval)
+            listeners = self.handler.client.socket_mode_request_listeners
+            bolt_listener = listeners.index(self.handler.handle)  # type: ignore[arg-type]
+            listeners[bolt_listener] = self._socket_request
             try:
                 # Issued here (not inside connect(), which retries forever) so a bad app token
                 # fails start-up with a clear message.
@@ -441,17 +479,37 @@ class SlackAdapter(Lifecycle):
     async def _http_endpoint(self, request: web.Request) -> web.Response:
         if self.app is None:
             return web.Response(status=503)
-        bolt_req = await to_bolt_request(request)
+        try:
+            bolt_req = await to_bolt_request(request)
+        except Exception as e:  # noqa: BLE001 - see _socket_request
+            _unreadable(e)
+            return web.Response(status=200)  # acknowledged: a retry would fail the same way
         bolt_resp = await self.app.async_dispatch(bolt_req)
         return await to_aiohttp_response(bolt_resp)
+
+    async def _socket_request(self, client: AsyncBaseSocketModeClient,
+                              req: SocketModeRequest) -> None:
+        """bolt's Socket Mode listener, except for an envelope bolt cannot even read: bolt takes
+        the channel, user and team ids out of the event before any listener runs and raises on
+        shapes Slack does not document (a `channel` that is a number...), leaving the envelope
+        unacknowledged for Slack to redeliver, which would fail the same way. It is
+        acknowledged and skipped here, with a log line."""
+        assert self.handler is not None  # internal invariant: registered by start()
+        try:
+            AsyncBoltRequest(mode="socket_mode", body=req.payload)
+        except Exception as e:  # noqa: BLE001 - the boundary for payloads nobody expected
+            _unreadable(e)
+            await client.send_socket_mode_response(SocketModeResponse(req.envelope_id))
+            return
+        await self.handler.handle(client, req)  # type: ignore[arg-type]
 
     # -- intake ---------------------------------------------------------------------------
     async def _on_event(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """bolt listener for every subscribed event (arguments are injected by name)."""
-        await self._handle_event(event, body.get("event_id"))
+        await self._handle_event(_obj(event), _str(_obj(body).get("event_id")))
 
     async def _handle_event(self, event: Mapping[str, Any], event_id: str | None = None) -> None:
-        channel = str(event.get("channel") or (event.get("item") or {}).get("channel") or "")
+        channel = _str(event.get("channel")) or _str(_obj(event.get("item")).get("channel")) or ""
         lock = self._locks.get(channel)
         if lock is None:
             lock = self._locks[channel] = asyncio.Lock()
@@ -469,9 +527,18 @@ class SlackAdapter(Lifecycle):
                 self._events.add(event_id)
 
     async def _deliver(self, event: Mapping[str, Any]) -> None:
-        """Translate one event and hand it to the core (the channel's lock is held)."""
-        names = await self.names.resolve(user_ids_to_resolve(event, self.identity))
-        ev = translate_event(event, self.identity, names, self._own)
+        """Translate one event and hand it to the core (the channel's lock is held).
+
+        An event that cannot be translated is logged and dropped: it is acknowledged, since a
+        redelivery would fail the same way. Only the core's own failure (the message was not
+        persisted) propagates, so that Slack redelivers it."""
+        try:
+            names = await self.names.resolve(user_ids_to_resolve(event, self.identity))
+            ev = translate_event(event, self.identity, names, self._own)
+        except Exception as e:  # noqa: BLE001 - the boundary for payloads nobody expected
+            log.warning("slack: skipped a %r event that could not be read (%s: %s)",
+                        _str(event.get("type")) or "?", type(e).__name__, e)
+            return
         if ev is None:
             return
         if isinstance(ev, Message):
@@ -501,8 +568,10 @@ class SlackAdapter(Lifecycle):
         try:
             resp = await self.client.conversations_replies(channel=key.channel, ts=key.thread,
                                                            limit=100)
-            raw = [m for m in resp.get("messages") or []
-                   if _float_ts(m.get("ts")) < msg.ts and m.get("ts") != msg.message_id]
+            listed = resp.get("messages")
+            raw = [m for m in (listed if isinstance(listed, list) else [])
+                   if isinstance(m, Mapping) and _float_ts(m.get("ts")) < msg.ts
+                   and m.get("ts") != msg.message_id]
             raw = raw[:1] + raw[1:][-(THREAD_CONTEXT_MESSAGES - 1):]
             ids: set[str] = set()
             for m in raw:
