@@ -18,6 +18,7 @@ training side wires; unset, the answer says so. `core` is set by `bot.wiring.bui
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -59,6 +60,7 @@ class CommandHandler:
         self.core: Any = None  # set by bot.wiring.build_core
         self.on_retrain: Callback | None = None
         self.on_reload: Callback | None = None
+        self._followups: set[asyncio.Task[None]] = set()  # "removed from disk now" notices
         wake = [w for w in (*settings.bot.wake_words, self.name) if w]
         words = "|".join(re.escape(w) for w in sorted(set(wake), key=len, reverse=True))
         # "optin, assistant?" -> "optin": a trailing address is not part of the command.
@@ -156,17 +158,43 @@ class CommandHandler:
         parts = [f"{r.messages} message(s)", f"{r.reactions} reaction(s)"]
         if r.bot_turns:
             parts.append(f"{r.bot_turns} of my answers to you")
-        text = "Done: I deleted " + ", ".join(parts)
+        # "Done" only once the bytes are gone too (bot.store, "erasure on disk").
+        text = ("Done: I deleted " if r.on_disk else "I deleted ") + ", ".join(parts)
         if r.export_segments:
             text += (f", and removed {r.export_segments} conversation(s) from "
                      f"{len(r.export_files)} export file(s) not yet used for training")
         text += ". You're no longer opted in; say `optin` if you want to start again."
+        if not r.on_disk:
+            # Gone from what I keep, not yet from the file's bytes: the store finishes that in
+            # the background, and the person hears when.
+            text += (" The old copy in my storage file is overwritten as soon as the file is "
+                     "free (another program is reading it right now); I'll say here when that "
+                     "is done.")
+            self._follow_up(msg)
         if r.export_errors:
             log.error("forget %s:%s: export files not cleaned: %s", msg.key.platform,
                       msg.author_id, "; ".join(r.export_errors))
             text += (f" {len(r.export_errors)} export file(s) could not be cleaned; the admins "
                      "have been told in the log.")
         return text
+
+    def _follow_up(self, msg: Message) -> None:
+        """Tell the person when a pending removal from disk has finished."""
+        wait = getattr(self.store, "wait_erased", None)
+        if wait is None or self.core is None:
+            return
+
+        async def notice() -> None:
+            if await wait():
+                await self.core.announce(msg.key, "Your data is now also gone from my storage "
+                                         "file on disk.", msg)
+            else:
+                log.warning("forget %s:%s: removal from disk still pending at shutdown; the "
+                            "next start finishes it", msg.key.platform, msg.author_id)
+
+        task = asyncio.create_task(notice(), name="chimein:forget-followup")
+        self._followups.add(task)
+        task.add_done_callback(self._followups.discard)
 
     async def _cmd_status(self, msg: Message, args: list[str]) -> str:
         st = await self.store.user_status(msg.key.platform, msg.author_id)

@@ -6,6 +6,12 @@
 
 The store is the file at `store.path` in the config (`--config`). These commands may run while
 the bot runs: the store is in WAL mode and waits for the bot's writer instead of failing.
+
+`forget` exits 0 only when the user's data is gone from the tables AND from the file's bytes
+(the WAL checkpointed and truncated); 3 when it is gone from the tables but another program
+holds the file in a read for longer than `--wait` (the removal from disk then finishes as soon
+as the file is free: in a running bot within a minute, else in the next chimein that opens
+the store); 1 when an export file could not be cleaned; 2 on an error.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bot import config as config_mod
+
+FORGET_WAIT_S = 30.0
+EXIT_PENDING = 3  # forgotten in the tables; the file's bytes follow when it is free
 
 
 def add_data_commands(data_sub: Any) -> None:
@@ -39,6 +48,9 @@ def add_data_commands(data_sub: Any) -> None:
     sp.add_argument("--user", required=True, metavar="ID",
                     help="platform:user_id (e.g. slack:U012ABC); a bare id matches every "
                          "platform")
+    sp.add_argument("--wait", type=float, default=FORGET_WAIT_S, metavar="SECONDS",
+                    help="how long to keep trying to remove the data from the file's bytes "
+                         "while another program reads the store (default: %(default)g)")
     _store_flag(sp)
     sp.set_defaults(func=cmd_forget)
 
@@ -161,7 +173,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         async with Store.from_settings(settings.store) as store:
-            return await store.forget(user, platform)
+            return await store.forget(user, platform, wait=max(args.wait, 0.0))
 
     try:
         r = asyncio.run(run())
@@ -169,10 +181,19 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     who = f"{platform}:{user}" if platform else f"{user} (every platform)"
-    print(f"forgot {who}: {r.messages} message(s), {r.bot_turns} bot answer(s) to them, "
+    done = "forgot" if r.on_disk else "forgot in the tables (NOT yet on disk, see below)"
+    print(f"{done} {who}: {r.messages} message(s), {r.bot_turns} bot answer(s) to them, "
           f"{r.reactions} reaction(s), consent record {'removed' if r.consent_removed else 'none'}"
           f", {r.export_segments} conversation(s) removed from {len(r.export_files)} export "
           "file(s) not yet used for training")
     for err in r.export_errors:
         print(f"warning: export file not cleaned: {err}", file=sys.stderr)
+    if not r.on_disk:
+        print(f"pending: removed from every table of {settings.store.path}, but NOT yet from the "
+              f"file's bytes: another program has been reading the store for the last "
+              f"{args.wait:g}s (an export, a sqlite3 shell, another chimein), so the old pages "
+              "stay until it lets go. chimein finishes it as soon as the file is free: a "
+              "running bot within a minute, otherwise the next chimein command that opens the "
+              "store (e.g. `chimein data stats`).", file=sys.stderr)
+        return EXIT_PENDING
     return 1 if r.export_errors else 0

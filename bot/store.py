@@ -25,7 +25,9 @@ opted in (`optin`) AND its channel has logging on (an admin's `logging on`; new 
 with `default_logging`). For anyone else, in a channel with logging on, it writes an anonymous
 gap (a time, nothing else) so that export can cut the conversation there; in a channel with
 logging off it writes nothing at all. Other bots are gaps too: they cannot consent. Decisions are
-always recorded, without text or author, so metrics cover every channel.
+always recorded, without text, author or platform id (a decision points at its message's row,
+a gap for someone who never opted in), so metrics cover every channel. A reply or a bot turn
+keeps the platform id of the message it answers only if that message was kept.
 
 The bot's own turns may carry what others wrote (an answer quotes, translates or sums up). A bot
 turn's text is kept only if the message it answered was kept, every message of the batch it was
@@ -48,10 +50,11 @@ a gap, and the bot turns that carry it are withheld; a deleted bot turn loses it
 exported as silence, as is a bot turn with a negative reaction. Reactions are kept only on the
 bot's turns (feedback), with the reactor's id only if they opted in (otherwise anonymously).
 `forget` turns every message of a user into gaps, withholds the bot turns that carry them, clears
-the forgotten messages' platform ids where other rows point at them (replies, decisions), deletes
-their reactions and consent record, removes their conversations from export files not yet used
-for training, and their entries from the index of every export file (one already used for
-training is not edited: retraining retires it).
+the forgotten messages' platform ids where other rows point at them (replies), deletes their
+reactions and consent record, removes their conversations from export files not yet used for
+training, and their entries from the index of every export file (one already used for training
+is not edited: retraining retires it). What forget, retention, deletions and edits remove also
+leaves the file's bytes: see "erasure on disk" in the Store class.
 
 Export: `export_conversations(store, ...)` is the one function training reads the store through.
 It yields consented conversation segments in the JSONL conversation format; see its docstring.
@@ -64,6 +67,7 @@ import bisect
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -78,7 +82,15 @@ import aiosqlite
 from bot.config import StoreSettings
 from bot.engine.base import Decision
 from bot.errors import ChimeinError
-from bot.message import ConversationKey, Deletion, Edit, Message, Reaction, model_view_text
+from bot.message import (
+    ConversationKey,
+    Deletion,
+    Edit,
+    Message,
+    Reaction,
+    clean_text,
+    model_view_text,
+)
 from bot.scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -90,6 +102,13 @@ T = TypeVar("T")
 MAX_TEXT_CHARS = 200_000
 MAX_BATCH = 512  # jobs per transaction
 BUSY_TIMEOUT_MS = 10_000  # another process (the `chimein data` CLI) may hold the write lock
+# Erasure on disk (forget, retention, deletions; see "erasure on disk" below). One checkpoint
+# attempt waits this long for other readers and the writer; a busy file is retried in the
+# background from ERASE_RETRY_S[0] seconds, doubling up to ERASE_RETRY_S[1]; an open store also
+# looks every ERASE_POLL_S for erasures another process left pending.
+CHECKPOINT_BUSY_MS = 250
+ERASE_RETRY_S = (0.5, 30.0)
+ERASE_POLL_S = 60.0
 
 # Reactions that mark a bot turn as unwanted (Slack names, Discord/Unicode emoji).
 NEGATIVE_REACTIONS = frozenset({
@@ -209,6 +228,26 @@ CREATE INDEX messages_author ON messages (author_id) WHERE author_id IS NOT NULL
     (3, "decisions say how the batch addressed the bot (direct, ambiguous, follow-up)", """
 ALTER TABLE decisions ADD COLUMN address TEXT;
 """),
+    (4, "decisions point at their message's row, not its platform id; erasures finish on disk",
+     """
+-- A decision keeps no platform id (whose message it was is not the store's to keep for
+-- people who never opted in): message_row is the row of the message it was made on (a gap
+-- for them), and message_id stays NULL.
+ALTER TABLE decisions ADD COLUMN message_row INTEGER;
+UPDATE decisions SET message_row = (SELECT m.id FROM messages m WHERE m.conversation_id =
+    decisions.conversation_id AND m.platform_message_id = decisions.message_id)
+    WHERE message_id IS NOT NULL;
+UPDATE decisions SET message_id = NULL;
+-- Erasures (forget, retention, this migration) whose old bytes may still be in the WAL: a
+-- row stays until a checkpoint has copied the WAL into the file and truncated it.
+CREATE TABLE erasures (
+    id INTEGER PRIMARY KEY,
+    requested_ts REAL NOT NULL,
+    what TEXT NOT NULL
+);
+INSERT INTO erasures (requested_ts, what) SELECT CAST(strftime('%s', 'now') AS REAL),
+    'migration 4' WHERE EXISTS (SELECT 1 FROM decisions);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -244,6 +283,10 @@ class ForgetResult:
     export_segments: int = 0  # conversations removed from export files not yet trained on
     export_files: list[str] = field(default_factory=list)
     export_errors: list[str] = field(default_factory=list)
+    # True: the store's file and its WAL hold no byte of what was removed. False: removed from
+    # every table, but the file is busy (another connection reads an older snapshot), so old
+    # pages still hold it; the store finishes that in the background (`Store.wait_erased`).
+    on_disk: bool = True
 
     @property
     def total(self) -> int:
@@ -292,12 +335,6 @@ def is_negative(emoji: str) -> bool:
     e = re.sub(r"::skin-tone-\d$", "", e)  # Slack: "-1::skin-tone-3"
     e = re.sub("[\U0001f3fb-\U0001f3ff\ufe0f]", "", e)  # Unicode skin tones, variation selector
     return e in NEGATIVE_REACTIONS
-
-
-def _valid_text(text: str) -> str:
-    """Text SQLite can store: lone surrogates (invalid Unicode from a broken client) become
-    U+FFFD; everything else (NUL, RTL, zero-width, emoji) is kept as it is."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 # -- quotes ------------------------------------------------------------------------------------
@@ -390,7 +427,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, default_logging: bool = False,
                  retention_days: int = 0, retention_interval: float = 3600.0,
-                 synchronous: str = "NORMAL"):
+                 synchronous: str = "NORMAL", erase_poll_interval: float = ERASE_POLL_S):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
         self.path = Path(path)
@@ -403,6 +440,13 @@ class Store:
         self._jobs: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._ckpt: aiosqlite.Connection | None = None  # checkpoints only (a short busy wait)
+        self._eraser: asyncio.Task[None] | None = None
+        self._erase_wake = asyncio.Event()
+        self._erase_changed = asyncio.Event()  # set (and replaced) when pending erasures finish
+        self._erase_pending = True  # unknown until the first look at open
+        self._busy_since: float | None = None  # when a checkpoint first found the file busy
+        self.erase_poll_interval = erase_poll_interval
         self._closed = False
         self._conv_ids: dict[ConversationKey, int] = {}
         self._conv_pending: dict[ConversationKey, int] = {}
@@ -479,11 +523,17 @@ class Store:
             seq = await _fetch(db, "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
             self._start_row = int(seq[0][0]) if seq else 0
             self._reader = await self._connect()
+            self._ckpt = await self._connect()
+            await self._ckpt.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
         except BaseException:
-            await db.close()
+            for conn in (self._reader, self._ckpt, db):
+                if conn is not None:
+                    await conn.close()
+            self._reader = self._ckpt = None
             raise
         self._db = db
         self._writer = asyncio.create_task(self._write_loop(), name="chimein:store-writer")
+        self._eraser = asyncio.create_task(self._erase_loop(), name="chimein:store-eraser")
         if self.retention_days > 0:
             self._retention = asyncio.create_task(self.run_retention(self.retention_interval),
                                                   name="chimein:store-retention")
@@ -534,14 +584,28 @@ class Store:
         if self._retention is not None:
             self._retention.cancel()
             await asyncio.gather(self._retention, return_exceptions=True)
+        if self._eraser is not None:
+            # Stopped by the flag, not cancelled: a cancellation that lands as asyncio.wait_for
+            # times out is lost on Python 3.11, and close() would wait for ever.
+            self._erase_wake.set()
+            await asyncio.gather(self._eraser, return_exceptions=True)
         if self._writer is not None:
             await self._jobs.put(_STOP)
             await asyncio.gather(self._writer, return_exceptions=True)
-        for conn in (self._reader, self._db):
+        if self._ckpt is not None and self._erase_pending:
+            # A last try, now that this process writes nothing more.
+            with contextlib.suppress(Exception):
+                await self._erase_once(direct=True)
+            if self._erase_pending:
+                log.warning("store %s: removing erased text from the file is still pending (another "
+                            "process reads it); the next chimein that opens the store finishes "
+                            "it", self.path)
+        self._erase_changed.set()  # wake anyone waiting in wait_erased: the answer is False
+        for conn in (self._ckpt, self._reader, self._db):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-        self._db = self._reader = None
+        self._db = self._reader = self._ckpt = None
 
     # -- the writer -----------------------------------------------------------------------
     async def _submit(self, what: str, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -725,6 +789,19 @@ class Store:
             (platform, channel))
         return self.default_logging if not rows else bool(rows[0][0])
 
+    async def _kept_id(self, db: aiosqlite.Connection, key: ConversationKey,
+                       platform_id: str | None) -> str | None:
+        """`platform_id` if it names a message this store keeps in the channel (its thread
+        included), else None: the platform id of a message that was not kept is not kept
+        either (it points at a person who never opted in)."""
+        if platform_id is None:
+            return None
+        rows = await _fetch(
+            db, "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE m.platform_message_id = ? AND c.platform = ? AND c.channel = ? LIMIT 1",
+            (platform_id, key.platform, key.channel))
+        return platform_id if rows else None
+
     # -- the core's seam ------------------------------------------------------------------
     async def record_message(self, msg: Message) -> bool:
         """Persist a message if its author opted in and its channel logs; True if its text was
@@ -732,17 +809,16 @@ class Store:
         be stored is refused with a log line (and leaves a gap)."""
         if msg.is_self:
             return False  # the bot's own posts are recorded by record_bot_turn
-        text = msg.text if isinstance(msg.text, str) else str(msg.text)
+        # A Message's text is clean (bot.message.clean_text) however it was made.
+        text = msg.text
         where = f"message {msg.message_id or '?'} in {msg.key}"
         refused: str | None = None
         if len(text) > MAX_TEXT_CHARS:
             refused = (f"{len(text):,} characters is over the store's limit of "
                        f"{MAX_TEXT_CHARS:,}")
-        attachments = json.dumps([_valid_text(str(a)) for a in msg.attachments],
+            text = ""
+        attachments = json.dumps(list(msg.attachments),
                                  ensure_ascii=False) if msg.attachments else None
-        text = _valid_text(text) if refused is None else ""
-        if text != msg.text and refused is None:
-            log.warning("%s: invalid Unicode (lone surrogates) stored as U+FFFD", where)
 
         async def op(db: aiosqlite.Connection) -> bool:
             key = msg.key
@@ -766,8 +842,8 @@ class Store:
                 "INSERT OR IGNORE INTO messages (conversation_id, role, platform_message_id, "
                 "author_id, author_name, text, attachments, reply_to, ts) "
                 "VALUES (?, 'user', ?, ?, ?, ?, ?, ?, ?)",
-                (cid, msg.message_id, msg.author_id, _valid_text(msg.author_name), text,
-                 attachments, msg.reply_to, msg.ts))
+                (cid, msg.message_id, msg.author_id, msg.author_name, text, attachments,
+                 await self._kept_id(db, key, msg.reply_to), msg.ts))
             if cur.rowcount == 0:
                 log.debug("%s: already stored (a platform retry)", where)
             else:
@@ -779,16 +855,17 @@ class Store:
     async def record_edit(self, edit: Edit) -> None:
         """An edit replaces the stored text (the old text is not kept) and withholds the bot
         turns made from the old one; if the author is no longer opted in, or the channel no
-        longer logs, the message becomes a gap."""
-        new_text = _valid_text(edit.new_text if isinstance(edit.new_text, str)
-                               else str(edit.new_text))
+        longer logs, the message becomes a gap. The old text then leaves the file's bytes
+        as a deletion's does ("erasure on disk")."""
+        new_text = edit.new_text
 
-        async def op(db: aiosqlite.Connection) -> None:
+        async def op(db: aiosqlite.Connection) -> bool:
             rows = await _fetch(
                 db, "SELECT m.id, m.conversation_id, m.author_id, m.text FROM messages m JOIN "
                 "conversations c ON c.id = m.conversation_id WHERE c.platform = ? AND "
                 "c.channel = ? AND m.platform_message_id = ? AND m.role = 'user'",
                 (edit.key.platform, edit.key.channel, edit.message_id))
+            changed = False
             for row_id, cid, author, old_text in rows:
                 opted, logging_on = await self._allowed(db, edit.key.platform,
                                                         edit.key.channel, author)
@@ -799,10 +876,16 @@ class Store:
                         await self._withhold_dependents(db, [(cid, row_id, old_text)])
                     await db.execute("UPDATE messages SET text = ?, edited_ts = ? WHERE id = ?",
                                      (new_text, edit.ts, row_id))
+                    if new_text == old_text:
+                        continue
                 else:
                     await self._to_gaps(db, [row_id])
+                await self._request_erasure(db, "edit")
+                changed = True
+            return changed
 
-        await self._submit(f"record_edit({edit.message_id})", op)
+        if await self._submit(f"record_edit({edit.message_id})", op):
+            self._erase_wake.set()  # finished in the background: an edit never waits
 
     async def _to_gaps(self, db: aiosqlite.Connection, row_ids: Sequence[int]
                        ) -> tuple[int, int]:
@@ -822,7 +905,7 @@ class Store:
             return 0, 0
         withheld = await self._withhold_dependents(db, victims)
         # Their platform ids go from the rows that point at them too: replies (the bot's
-        # and others', in the channel and its threads) and decisions.
+        # and others', in the channel and its threads). Decisions keep no platform id.
         for cid, pids in platform_ids.items():
             convs = ("SELECT id FROM conversations WHERE (platform, channel) = (SELECT "
                      "platform, channel FROM conversations WHERE id = ?)")
@@ -830,9 +913,6 @@ class Store:
                 q = ",".join("?" * len(part))
                 await db.execute(f"UPDATE messages SET reply_to = NULL WHERE conversation_id "
                                  f"IN ({convs}) AND reply_to IN ({q})", (cid, *part))
-                await db.execute(f"UPDATE decisions SET message_id = NULL WHERE "
-                                 f"conversation_id IN ({convs}) AND message_id IN ({q})",
-                                 (cid, *part))
         for chunk in _chunks([v[1] for v in victims]):
             q = ",".join("?" * len(chunk))
             await db.execute(f"DELETE FROM reactions WHERE message_id IN ({q})", chunk)
@@ -881,12 +961,14 @@ class Store:
     async def record_deletion(self, deletion: Deletion) -> None:
         """A deleted user message becomes a gap; a deleted bot turn loses its text and is
         exported as silence."""
-        async def op(db: aiosqlite.Connection) -> None:
+        async def op(db: aiosqlite.Connection) -> bool:
             rows = await _fetch(
                 db, "SELECT m.id, m.role FROM messages m JOIN conversations c "
                 "ON c.id = m.conversation_id WHERE c.platform = ? AND c.channel = ? "
                 "AND m.platform_message_id = ?",
                 (deletion.key.platform, deletion.key.channel, deletion.message_id))
+            if rows:
+                await self._request_erasure(db, "deletion")
             for row_id, role in rows:
                 if role == "user":
                     # Deleted by its author: what the bot made of it goes with it.
@@ -894,13 +976,15 @@ class Store:
                 elif role == "assistant":
                     await db.execute("UPDATE messages SET deleted_ts = ?, text = NULL "
                                      "WHERE id = ?", (deletion.ts, row_id))
+            return bool(rows)
 
-        await self._submit(f"record_deletion({deletion.message_id})", op)
+        if await self._submit(f"record_deletion({deletion.message_id})", op):
+            self._erase_wake.set()  # finished in the background: a deletion never waits
 
     async def record_reaction(self, reaction: Reaction) -> None:
         """Feedback on the bot's turns: kept with the reactor's id if they opted in and the
         channel logs, anonymously otherwise. Reactions on other messages are not kept."""
-        emoji = _valid_text(reaction.emoji)[:200]
+        emoji = reaction.emoji[:200]
         negative = is_negative(emoji)
 
         async def op(db: aiosqlite.Connection) -> None:
@@ -944,15 +1028,21 @@ class Store:
 
         async def op(db: aiosqlite.Connection) -> None:
             cid = await self._conversation(db, key)
+            mem = self._memory(cid)
+            row = mem.rows.get(message_id) if message_id is not None else None
+            if row is None and message_id is not None:  # stored before a restart
+                found = await _fetch(db, "SELECT id FROM messages WHERE conversation_id = ? "
+                                     "AND platform_message_id = ?", (cid, message_id))
+                row = int(found[0][0]) if found else None
+            # No platform id (see migration 4): the row says which message it was.
             await db.execute(
-                "INSERT INTO decisions (conversation_id, ts, message_id, addressed, mode, "
+                "INSERT INTO decisions (conversation_id, ts, message_row, addressed, mode, "
                 "p_silence, speak, forced, fed_tokens, recomputed, latency_ms, model_version, "
                 "address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cid, now, message_id, int(addressed), mode, decision.p_silence,
+                (cid, now, row, int(addressed), mode, decision.p_silence,
                  int(decision.speak), int(decision.forced), decision.fed_tokens,
                  int(decision.recomputed), decision.latency_ms, model_version, address))
             await self._seen_version(db, model_version, now)
-            mem = self._memory(cid)
             if message_id is not None and message_id in mem.rows:
                 mem.decided_upto = mem.rows[message_id]
 
@@ -978,7 +1068,7 @@ class Store:
         not repeat a recent message that was not kept; otherwise only the model's numbers are
         (a withheld turn: export cuts the conversation there)."""
         now = time.time()
-        text = _valid_text(text)
+        text = clean_text(text)  # what the engine generated: a bare CR becomes a newline
 
         async def op(db: aiosqlite.Connection) -> None:
             if not await self._channel_logs(db, key.platform, key.channel):
@@ -1024,7 +1114,8 @@ class Store:
                 "platform_message_id, text, reply_to, ts, p_silence, model_version, latency_ms) "
                 "VALUES (?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (cid, anchor, start, message_id if keep else None, text if keep else None,
-                 in_reply_to, now, p_silence, model_version, latency_ms))
+                 in_reply_to if anchor is not None else None, now, p_silence, model_version,
+                 latency_ms))
 
         await self._submit("record_bot_turn", op)
 
@@ -1113,12 +1204,16 @@ class Store:
         return await self._submit("discard_message", op)
 
     # -- forget, status, stats ------------------------------------------------------------
-    async def forget(self, user_id: str, platform: str | None = None) -> ForgetResult:
+    async def forget(self, user_id: str, platform: str | None = None, *,
+                     wait: float = 0.0) -> ForgetResult:
         """Delete everything of a user: their messages (and the bot's answers to them) become
-        anonymous gaps, replies and decisions lose those messages' platform ids, their reactions
-        and consent record go, their conversations are removed from export files not yet used
-        for training, and they leave the index of every export. `platform` None: every
-        platform."""
+        anonymous gaps, replies lose those messages' platform ids, their reactions and consent
+        record go, their conversations are removed from export files not yet used for training,
+        and they leave the index of every export. `platform` None: every platform.
+
+        Then the bytes: see "erasure on disk". `wait`: how long to keep trying to finish that
+        now; `result.on_disk` says whether it is done (otherwise it finishes in the
+        background, and `wait_erased` tells when)."""
         async def op(db: aiosqlite.Connection) -> tuple[ForgetResult, list[tuple[int, str, str]]]:
             result = ForgetResult()  # built afresh: a failed batch runs its jobs again
             plats = [platform] if platform is not None else [
@@ -1146,6 +1241,8 @@ class Store:
                 cur = await db.execute("DELETE FROM consent WHERE platform = ? AND user_id = ?",
                                        (plat, user_id))
                 result.consent_removed |= cur.rowcount > 0
+                if n_messages or n_bot or result.reactions or cur.rowcount > 0:
+                    await self._request_erasure(db, "forget")
                 # An export already used for training is not edited any more, but its index
                 # need not keep who was in it.
                 await db.execute(
@@ -1162,22 +1259,8 @@ class Store:
         result, plan = await self._submit("forget", op)
         if plan:
             await self._forget_in_exports(plan, result)
-        await self._checkpoint()
+        result.on_disk = await self.finish_erasure(wait)
         return result
-
-    async def _checkpoint(self) -> None:
-        """Copy the WAL into the file and truncate it, so forgotten text leaves no old page
-        behind in the WAL either (best effort: a busy reader postpones it)."""
-        if self._reader is None:
-            return
-        try:
-            busy, _, _ = (await _fetch(
-                self._reader, "PRAGMA wal_checkpoint(TRUNCATE)"))[0]
-        except aiosqlite.Error as e:
-            log.warning("store: WAL checkpoint failed: %s", e)
-            return
-        if busy:
-            log.info("store: WAL checkpoint postponed (the file is busy)")
 
     async def _forget_in_exports(self, plan: list[tuple[int, str, str]],
                                  result: ForgetResult) -> None:
@@ -1333,20 +1416,144 @@ class Store:
 
         return await self._submit("mark_export_used", op)
 
+    # -- erasure on disk ------------------------------------------------------------------
+    # Removing a row is not removing its bytes. secure_delete zeroes the text in the pages a
+    # deletion writes, but those pages go to the WAL first: the file keeps its old pages, and
+    # the WAL the pages that first held the text, until a checkpoint copies the WAL into the
+    # file and truncates it. A TRUNCATE checkpoint cannot finish while another connection
+    # (a long export, a `sqlite3` shell, another chimein process) reads an older snapshot.
+    # So each forget, retention purge and deletion leaves a row in `erasures` in its own
+    # transaction; a row goes only once a checkpoint has finished after it. Attempts wait
+    # CHECKPOINT_BUSY_MS at most, on their own connection (aiosqlite's thread, never the event
+    # loop), and a busy file is retried in the background until it is free.
+    async def _request_erasure(self, db: aiosqlite.Connection, what: str) -> None:
+        """Inside a write: what it removes must also leave the file's bytes."""
+        await db.execute("INSERT INTO erasures (requested_ts, what) VALUES (?, ?)",
+                         (time.time(), what))
+        self._erase_pending = True
+
+    async def _erase_once(self, *, direct: bool = False) -> bool:
+        """One checkpoint attempt; True when no erasure is pending after it. `direct`: clear
+        the done rows on the checkpoint connection (at close, the writer has stopped)."""
+        ckpt = self._ckpt
+        if ckpt is None:
+            return False
+        top = (await _fetch(ckpt, "SELECT MAX(id) FROM erasures"))[0][0]
+        if top is None:
+            self._erased()
+            return True
+        busy, _, _ = (await _fetch(ckpt, "PRAGMA wal_checkpoint(TRUNCATE)"))[0]
+        if busy:
+            if self._busy_since is None:
+                self._busy_since = time.monotonic()
+            return False
+
+        async def op(db: aiosqlite.Connection) -> int:
+            await db.execute("DELETE FROM erasures WHERE id <= ?", (top,))
+            return int((await _fetch(db, "SELECT COUNT(*) FROM erasures"))[0][0])
+
+        if direct:
+            left = await op(ckpt)
+        else:
+            left = await self._submit("erasure done", op)
+        if self._busy_since is not None:
+            log.info("store %s: the file is free again; erased text is gone from it and its "
+                     "WAL (pending for %.1fs)", self.path, time.monotonic() - self._busy_since)
+            self._busy_since = None
+        if left:
+            return False  # requested meanwhile: the next attempt takes it
+        self._erased()
+        return True
+
+    def _erased(self) -> None:
+        self._erase_pending = False
+        changed, self._erase_changed = self._erase_changed, asyncio.Event()
+        changed.set()
+
+    async def finish_erasure(self, wait: float = 0.0) -> bool:
+        """Try to finish pending erasures now, for up to `wait` seconds (at least one attempt);
+        True when the file and its WAL hold no erased byte any more. Otherwise the store keeps
+        trying in the background."""
+        deadline = time.monotonic() + wait
+        delay = ERASE_RETRY_S[0]
+        while True:
+            try:
+                if await self._erase_once():
+                    return True
+            except (aiosqlite.Error, StoreError) as e:
+                log.warning("store: checkpoint failed (%s); retrying in the background", e)
+            self._erase_wake.set()
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                log.info("store %s: the file is busy (another connection reads it); erased text "
+                         "is removed from it as soon as it is free", self.path)
+                return False
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, ERASE_RETRY_S[1])
+
+    @property
+    def erasure_pending(self) -> bool:
+        """Something was removed from the tables but may still be in the file's bytes."""
+        return self._erase_pending
+
+    async def wait_erased(self, timeout: float | None = None) -> bool:
+        """Until no erasure is pending on disk (True), or `timeout` passes or the store closes
+        (False)."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while self._erase_pending and not self._closed:
+            changed = self._erase_changed
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                return False
+        return not self._erase_pending
+
+    async def _erase_loop(self) -> None:
+        """In the background while open: finish pending erasures, retrying a busy file, and
+        look every `erase_poll_interval` for those another process left."""
+        delay = ERASE_RETRY_S[0]
+        while not self._closed:
+            try:
+                done = await self._erase_once()
+            except StoreClosed:
+                return
+            except Exception as e:  # noqa: BLE001 - keep trying: a later attempt may work
+                log.warning("store: checkpoint failed (%s); trying again in %gs", e, delay)
+                done = False
+            if done:
+                delay, timeout = ERASE_RETRY_S[0], self.erase_poll_interval
+            else:
+                timeout, delay = delay, min(delay * 2, ERASE_RETRY_S[1])
+            if self._closed:
+                return
+            self._erase_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._erase_wake.wait(), timeout)
+
     # -- retention ------------------------------------------------------------------------
-    async def purge_older_than(self, days: float, *, now: float | None = None) -> int:
-        """Delete messages (and their reactions) older than `days`; returns how many."""
+    async def purge_older_than(self, days: float, *, now: float | None = None,
+                               wait: float = 0.0) -> int:
+        """Delete messages (and their reactions) older than `days`; returns how many. Their
+        bytes then leave the file as `forget`'s do (see "erasure on disk"; `wait` as there)."""
         if days <= 0:
             return 0
         cutoff = (time.time() if now is None else now) - days * 86400.0
 
         async def op(db: aiosqlite.Connection) -> int:
             cur = await db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
-            return max(cur.rowcount, 0)
+            n = max(cur.rowcount, 0)
+            if n:
+                await self._request_erasure(db, "retention")
+            return n
 
         n = await self._submit("purge_older_than", op)
         if n:
             log.info("store: retention removed %d message(s) older than %g day(s)", n, days)
+            await self.finish_erasure(wait)
         return n
 
     async def run_retention(self, interval: float = 3600.0, *,
@@ -1397,7 +1604,7 @@ def _drop_lines(path: Path, segment_ids: set[str]) -> tuple[int, bool]:
         for line in f:
             try:
                 obj = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 kept.append(line)  # not ours to judge: keep what we cannot read
                 continue
             if isinstance(obj, dict) and obj.get("id") in segment_ids:
@@ -1432,7 +1639,8 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                                allow_slack_data: bool = False, scrub: bool = True,
                                use_presidio: bool | None = None,
                                max_message_chars: int | None = None,
-                               min_user_turns: int = 1, stats: ExportStats | None = None
+                               min_user_turns: int = 1, stats: ExportStats | None = None,
+                               retention_days: float | None = None
                                ) -> AsyncGenerator[ExportSegment, None]:
     """Consented conversation segments, in the JSONL conversation format.
 
@@ -1448,13 +1656,22 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
     when deciding, with a log line that counts them; the store keeps it whole). Slack-origin
     conversations are exported only with `allow_slack_data` (Slack's API terms restrict
     training on API data); otherwise they are skipped with a log line that says why. `stats`,
-    if given, is filled in with those counts.
+    if given, is filled in with those counts. Retention applies (`retention_days`, default the
+    store's): older messages are purged first, and none older is exported even if the purge
+    could not run.
 
     Reads one consistent snapshot through its own connection; use it with
     `contextlib.aclosing` (or run it to the end) so the connection is closed.
     """
     gap_s = idle_gap_minutes * 60.0
     stats = stats if stats is not None else ExportStats()
+    days = store.retention_days if retention_days is None else retention_days
+    cutoff = -math.inf
+    if days > 0:
+        # Not left to the store's background purge, which an export started at once can beat.
+        now = time.time()
+        cutoff = now - days * 86400.0
+        await store.purge_older_than(days, now=now)
     db = await store._connect()
     try:
         await db.execute("BEGIN")  # one snapshot (WAL): writers carry on meanwhile
@@ -1491,8 +1708,8 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
 
             async with db.execute(
                     "SELECT id, role, author_id, author_name, text, attachments, ts, deleted_ts, "
-                    "sort_key, context_from FROM messages WHERE conversation_id = ? "
-                    "ORDER BY COALESCE(sort_key, id), id", (conv_id,)) as rows:
+                    "sort_key, context_from FROM messages WHERE conversation_id = ? AND "
+                    "ts >= ? ORDER BY COALESCE(sort_key, id), id", (conv_id, cutoff)) as rows:
                 async for (row_id, role, author, name, text, attachments, ts, deleted, anchor,
                            ctx) in rows:
                     out: ExportSegment | None = None
@@ -1509,7 +1726,7 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                                             Scrubber(use_presidio) if scrub else None)
                         files = json.loads(attachments) if attachments else []
                         if (max_message_chars is not None and text
-                                and len(text.replace("\x00", "")) > max_message_chars):
+                                and len(clean_text(text)) > max_message_chars):
                             cut += 1
                             stats.cut_messages = cut
                         content = model_view_text(text or "", files, max_message_chars)
@@ -1530,7 +1747,7 @@ async def export_conversations(store: Store, *, idle_gap_minutes: float = 60.0,
                         # consented: what follows cannot be shown without it.
                         out = close()
                     else:
-                        content = text.replace("\x00", "")
+                        content = clean_text(text)
                         if cur.scrubber is not None:
                             content = cur.scrubber.scrub(content)
                         cur.records.append({"role": "assistant", "content": content})

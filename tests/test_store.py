@@ -171,7 +171,8 @@ def test_negative_reactions() -> None:
     assert not any(is_negative(e) for e in ("+1", "👍", "tada", "heart", "eyes"))
 
 
-async def test_decisions_are_recorded_everywhere_without_text_or_author(store: Store) -> None:
+async def test_decisions_are_recorded_everywhere_without_text_author_or_platform_id(
+        store: Store) -> None:
     off = ConversationKey("test", "quiet")  # logging off (the default)
     await store.record_decision(off, Decision(0.8, False, fed_tokens=12, latency_ms=4.5),
                                 model_version="v7", addressed=False, message_id="m1",
@@ -180,14 +181,27 @@ async def test_decisions_are_recorded_everywhere_without_text_or_author(store: S
                                 addressed=True, message_id="m2", mode="semi-active")
     cols = [r[1] for r in rows(store.path, "PRAGMA table_info(decisions)")]
     assert not {"text", "author_id", "author_name"} & set(cols)
-    got = rows(store.path, "SELECT message_id, addressed, p_silence, speak, forced, fed_tokens, "
-                           "latency_ms, model_version FROM decisions ORDER BY id")
-    assert got == [("m1", 0, 0.8, 0, 0, 12, 4.5, "v7"), ("m2", 1, 0.1, 1, 1, 0, 0.0, "v7")]
+    got = rows(store.path, "SELECT message_id, message_row, addressed, p_silence, speak, "
+                           "forced, fed_tokens, latency_ms, model_version FROM decisions "
+                           "ORDER BY id")
+    assert got == [(None, None, 0, 0.8, 0, 0, 12, 4.5, "v7"),
+                   (None, None, 1, 0.1, 1, 1, 0, 0.0, "v7")]
     assert rows(store.path, "SELECT COUNT(*) FROM messages") == [(0,)]
-    versions = await store.model_versions()
-    assert [(v["version"], v["decisions"]) for v in versions] == [("v7", 2)]
-    await store.record_model_version("v8", source="models/v8", note="promoted")
-    assert [v["version"] for v in await store.model_versions()] == ["v7", "v8"]
+    # Where logging is on, a decision points at its message's row: the opted-in author's
+    # message, or the anonymous gap of someone who never opted in, whose platform id is kept
+    # nowhere in the file (issue 10, item 10).
+    await store.set_channel_logging("test", "general", True)
+    await store.set_consent("test", "ann", True)
+    await store.record_message(msg("ann", "hello", "1700000100.000100"))
+    await decide(store, "1700000100.000100")
+    await store.record_message(msg("zed", "hi, I never opted in", "1700000200.000200"))
+    await decide(store, "1700000200.000200")
+    assert rows(store.path, "SELECT d.message_id, m.role, m.author_id FROM decisions d JOIN "
+                            "messages m ON m.id = d.message_row ORDER BY d.id") == [
+        (None, "user", "ann"), (None, "gap", None)]
+    for f in (store.path, Path(f"{store.path}-wal")):
+        if f.exists():
+            assert b"1700000200.000200" not in f.read_bytes(), f
 
 
 async def test_bot_turns_are_kept_only_when_their_context_was(store: Store) -> None:
@@ -322,12 +336,15 @@ async def test_bad_input_is_stored_intact_and_exported(store: Store) -> None:
         assert await store.record_message(msg("ann", text, name, ts=1000.0 + i,
                                               attachments=files)), name
     got = dict(rows(store.path, "SELECT platform_message_id, text FROM messages"))
-    assert got == BAD_INPUT  # byte for byte, NUL included
+    # A Message holds no control character but newline and tab (bot.message.clean_text); all
+    # the rest (RTL marks, zero-width joiners, emoji sequences, 50k characters) byte for byte.
+    cleaned = dict(BAD_INPUT, nul="abc", control="[31mred[0m ")
+    assert got == cleaned
     [seg] = [s async for s in export_conversations(store, scrub=False)]
     contents = [r["content"] for r in seg.records]
-    assert contents[0] == "abc"  # NUL removed, as the model sees it
+    assert contents[0] == "abc"
     assert contents[1] == BAD_INPUT["long"]
-    assert contents[2:6] == [BAD_INPUT[k] for k in ("rtl", "zero-width", "emoji", "control")]
+    assert contents[2:6] == [cleaned[k] for k in ("rtl", "zero-width", "emoji", "control")]
     assert contents[6] == "[attachment: screenshot.png, log.txt]"
     json.loads(json.dumps(seg.to_json(), ensure_ascii=False))  # serialisable as it is
 

@@ -104,3 +104,34 @@ async def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> N
 def test_migrations_are_numbered_in_order() -> None:
     assert [m[0] for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     assert SCHEMA_VERSION == MIGRATIONS[-1][0]
+
+
+async def test_migration_4_drops_platform_ids_from_decisions_on_disk(tmp_path: Path) -> None:
+    """Issue 10, item 10: decisions kept the platform id of every decided message, also of
+    people who never opted in. Schema v4 keeps the row of the message instead, and the ids
+    leave the file's bytes once the store is open (the migration is an erasure)."""
+    path = tmp_path / "v3.sqlite3"
+    make_v1(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN")
+    for version, _, script in MIGRATIONS[1:3]:
+        for stmt in _statements(script):
+            con.execute(stmt)
+        con.execute(f"PRAGMA user_version = {version}")
+    con.execute("INSERT INTO decisions (conversation_id, ts, message_id, addressed, mode, "
+                "p_silence, speak, forced) VALUES (1, 102.0, 'zed-1700000300.000300', 0, "
+                "'semi-active', 0.9, 0, 0)")
+    con.execute("COMMIT")
+    con.close()
+    assert b"zed-1700000300.000300" in path.read_bytes() + (
+        Path(f"{path}-wal").read_bytes() if Path(f"{path}-wal").exists() else b"")
+    async with Store(path) as store:
+        assert await store.wait_erased(timeout=10)
+        con = sqlite3.connect(path)
+        rows = con.execute("SELECT d.message_id, m.platform_message_id FROM decisions d LEFT "
+                           "JOIN messages m ON m.id = d.message_row ORDER BY d.id").fetchall()
+        con.close()
+        assert rows == [(None, "m1"), (None, None)]  # m1 was stored: its row is kept
+        for f in (path, Path(f"{path}-wal")):
+            if f.exists():
+                assert b"zed-1700000300" not in f.read_bytes(), f
