@@ -8,12 +8,13 @@ The core passes a human's addressed message with the address stripped ("@assista
 "optin"). A command is recognised only when the command word is the first word and the whole
 message is that command (so "assistant, help me fix the build" goes to the model, not to
 `help`), only from a human (never the bot's own text or another bot's), and never from quoted
-text ("> @assistant logging off"). A recognised command is not conversation: its message is
-removed from the store again (the model never sees it either).
+text ("> @assistant logging off"). A recognised command is not conversation: the core asks
+`recognises` before it stores a message, so a command is never stored (and the model never
+sees it either).
 
 `retrain` and `reload` call the optional async callbacks `on_retrain` / `on_reload`
-(`async def cb(msg: Message) -> str | None`; the returned text is the answer), which the
-training side wires; unset, the answer says so. `core` is set by `bot.wiring.build_core`.
+(`async def cb(msg: Message) -> str | None`; the returned text is the answer), which a running
+bot's admin services (adapters/admin.py) provide; unset, the answer says so.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ _ON = {"on": True, "enable": True, "enabled": True, "true": True, "yes": True,
        "off": False, "disable": False, "disabled": False, "false": False, "no": False}
 
 Callback = Callable[[Message], Awaitable[str | None]]
+# posts a notice that is not conversation: (conversation, text, the message it follows)
+Announce = Callable[[ConversationKey, str, Message], Awaitable[object]]
 
 
 def _when(ts: float | None) -> str:
@@ -57,7 +60,6 @@ class CommandHandler:
         self.policy = policy
         self.admins = frozenset(a.strip() for a in settings.bot.admins if a.strip())
         self.name = settings.bot.name or "assistant"
-        self.core: Any = None  # set by bot.wiring.build_core
         self.on_retrain: Callback | None = None
         self.on_reload: Callback | None = None
         self._followups: set[asyncio.Task[None]] = set()  # "removed from disk now" notices
@@ -112,24 +114,28 @@ class CommandHandler:
         return f"{msg.key.platform}:{msg.author_id}" in self.admins
 
     # -- the seam -------------------------------------------------------------------------
-    async def handle(self, msg: Message, text: str) -> str | None:
-        """The answer if `text` is a command from a human, else None (the model handles it)."""
-        if msg.is_self or msg.is_bot or _QUOTED.match(msg.text or ""):
+    def recognises(self, msg: Message, text: str) -> bool:
+        """Whether `text` (address stripped) from `msg` is a command: the core asks before it
+        stores anything, so a command never enters the store (it is not conversation)."""
+        return not (msg.is_self or msg.is_bot or _QUOTED.match(msg.text or "")) \
+            and self.parse(text) is not None
+
+    async def handle(self, msg: Message, text: str, announce: Announce | None = None
+                     ) -> str | None:
+        """The answer if `text` is a command from a human, else None (the model handles it).
+        `announce(key, text, trigger)` posts a later notice (the end of a pending forget)."""
+        if not self.recognises(msg, text):
             return None
         parsed = self.parse(text)
-        if parsed is None:
-            return None
+        assert parsed is not None  # recognises() said so
         word, args = parsed
-        # A command is not conversation: take its message back out of the store.
-        try:
-            await self.store.discard_message(msg.key, msg.message_id)
-        except Exception:
-            log.exception("could not remove the command message %s", msg.message_id)
         if word in ADMIN_COMMANDS and not self.is_admin(msg):
             log.info("refused admin command %r from %s:%s", word, msg.key.platform,
                      msg.author_id)
             return (f"Sorry, only this bot's admins can use `{word}`. Ask one of them; "
                     f"`@{self.name} help` lists what you can do.")
+        if word == "forget":
+            return await self._cmd_forget(msg, args, announce)
         return await getattr(self, f"_cmd_{word}")(msg, args)
 
     # -- everyone -------------------------------------------------------------------------
@@ -151,7 +157,8 @@ class CommandHandler:
                 if st.messages else "I have nothing of yours stored.")
         return f"You're opted out: I keep nothing new of yours. {kept}"
 
-    async def _cmd_forget(self, msg: Message, args: list[str]) -> str:
+    async def _cmd_forget(self, msg: Message, args: list[str],
+                          announce: Announce | None = None) -> str:
         r = await self.store.forget(msg.author_id, msg.key.platform)
         if not r.total and not r.consent_removed and not r.export_errors:
             return "I had nothing of yours stored, so there was nothing to delete."
@@ -170,7 +177,7 @@ class CommandHandler:
             text += (" The old copy in my storage file is overwritten as soon as the file is "
                      "free (another program is reading it right now); I'll say here when that "
                      "is done.")
-            self._follow_up(msg)
+            self._follow_up(msg, announce)
         if r.export_errors:
             log.error("forget %s:%s: export files not cleaned: %s", msg.key.platform,
                       msg.author_id, "; ".join(r.export_errors))
@@ -178,16 +185,16 @@ class CommandHandler:
                      "have been told in the log.")
         return text
 
-    def _follow_up(self, msg: Message) -> None:
+    def _follow_up(self, msg: Message, announce: Announce | None) -> None:
         """Tell the person when a pending removal from disk has finished."""
         wait = getattr(self.store, "wait_erased", None)
-        if wait is None or self.core is None:
+        if wait is None or announce is None:
             return
 
         async def notice() -> None:
             if await wait():
-                await self.core.announce(msg.key, "Your data is now also gone from my storage "
-                                         "file on disk.", msg)
+                await announce(msg.key, "Your data is now also gone from my storage file on "
+                               "disk.", msg)
             else:
                 log.warning("forget %s:%s: removal from disk still pending at shutdown; the "
                             "next start finishes it", msg.key.platform, msg.author_id)

@@ -90,8 +90,14 @@ class Store(Protocol):
 class Commands(Protocol):
     """Platform-neutral commands (opt-in, admin...), implemented by bot.commands."""
 
-    async def handle(self, msg: Message, text: str) -> str | None:
-        """`text` is the message without its address. Returns the answer if it was a command."""
+    def recognises(self, msg: Message, text: str) -> bool:
+        """Whether `text` (the message without its address) is a command."""
+        ...
+
+    async def handle(self, msg: Message, text: str,
+                     announce: Callable[[ConversationKey, str, Message], Awaitable[object]]
+                     | None = None) -> str | None:
+        """Returns the answer if it was a command; `announce` posts a later notice."""
         ...
 
 
@@ -123,6 +129,20 @@ class _NullTyping(contextlib.AbstractAsyncContextManager[None]):
 _NULL_LOCK = _NullTyping()
 
 
+@dataclass(frozen=True)
+class _Command:
+    """A command that came outside the chat (a slash command), queued in its conversation's
+    order; `done` receives its answer."""
+
+    msg: Message
+    text: str
+    done: asyncio.Future[str | None]
+
+    @property
+    def key(self) -> ConversationKey:
+        return self.msg.key
+
+
 class Core:
     """Routes events from adapters to the engine and replies back."""
 
@@ -142,7 +162,7 @@ class Core:
         self.adapters: dict[str, Adapter] = {}
         self.listeners: list[Callable[[DecisionRecord], Awaitable[None] | None]] = []
         self._executor = self._pool(engine)
-        self._queues: dict[ConversationKey, asyncio.Queue[Event]] = {}
+        self._queues: dict[ConversationKey, asyncio.Queue[Event | _Command]] = {}
         self._workers: dict[ConversationKey, asyncio.Task[None]] = {}
         self._busy: dict[ConversationKey, bool] = {}
         # A model in this process has one inference thread: one conversation at a time talks
@@ -197,8 +217,35 @@ class Core:
         returns, so an adapter that acknowledges after it loses nothing on a crash."""
         if self._closed:
             raise RuntimeError("core is closed")
-        if isinstance(event, Message) and self.store is not None and not event.is_self:
+        if isinstance(event, Message) and self.store is not None and not event.is_self \
+                and self._command_text(event) is None:  # a command is not conversation
             await self.store.record_message(event)
+        await self._enqueue(event)
+
+    async def command(self, msg: Message, text: str) -> str | None:
+        """A command that did not come as a chat message (a Discord slash command): handled in
+        the conversation's order like one, its answer returned to the caller (an interaction
+        reply) instead of posted. None when it is not a command."""
+        if self._closed:
+            raise RuntimeError("core is closed")
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Command(msg, text, done))
+        return await done
+
+    def _command_text(self, m: Message) -> str | None:
+        """The command in a human's message ("assistant optin" -> "optin"), else None. The wake
+        word rules would make "assistant optin" no address (or "assistant manager" would be
+        one), but a whole message that is a command after the wake word is a command."""
+        if self.commands is None or m.is_bot or m.is_self:
+            return None
+        addressing = self.policy.addressing
+        if not (addressing.classify(m.text, m.mentions_bot) == "direct"
+                or addressing.leads_with_wake_word(m.text)):
+            return None
+        text = addressing.strip_address(m.text)
+        return text if self.commands.recognises(m, text) else None
+
+    async def _enqueue(self, event: Event | _Command) -> None:
         q = self._queues.get(event.key)
         if q is None:
             q = self._queues[event.key] = asyncio.Queue(self.runtime.queue_size)
@@ -215,12 +262,14 @@ class Core:
                 return
             await asyncio.sleep(0.005)
 
-    async def _worker(self, key: ConversationKey, q: asyncio.Queue[Event]) -> None:
+    async def _worker(self, key: ConversationKey, q: asyncio.Queue[Event | _Command]) -> None:
         while True:
             first = await q.get()
             self._busy[key] = True
             batch = [first]
             try:
+                if isinstance(first, Message):  # before the model's turn: a platform fetch
+                    await self._open_session(key, first)
                 async with self._model():
                     while not q.empty():
                         batch.append(q.get_nowait())
@@ -230,21 +279,25 @@ class Core:
             except Exception:  # the error boundary: log, carry on with the next batch
                 self.errors += 1
                 log.exception("error while handling %d event(s) in %s", len(batch), key)
+                for ev in batch:  # a slash command's caller must not wait forever
+                    if isinstance(ev, _Command) and not ev.done.done():
+                        ev.done.set_result(None)
             finally:
                 for _ in batch:
                     q.task_done()
                 self._busy[key] = False
 
     # -- processing ---------------------------------------------------------------------
-    async def _process(self, key: ConversationKey, batch: Sequence[Event]) -> None:
+    async def _process(self, key: ConversationKey,
+                       batch: Sequence[Event | _Command]) -> None:
         """One batch, in arrival order. Every address (and every command) is a decision point
         of its own: it is decided, and answered in its own place, with the history up to it
         (earlier answers of this batch included). Unaddressed messages between two points are
         context for the next one; those after the last point get one decision together."""
-        messages: list[Message] = []
+        items: list[Message | _Command] = []
         for ev in batch:
-            if isinstance(ev, Message):
-                messages.append(ev)
+            if isinstance(ev, Message | _Command):
+                items.append(ev)
             elif self.store is not None:
                 if isinstance(ev, Edit):
                     await self.store.record_edit(ev)
@@ -252,7 +305,7 @@ class Core:
                     await self.store.record_deletion(ev)
                 elif isinstance(ev, Reaction):
                     await self.store.record_reaction(ev)
-        if not messages:
+        if not items:
             return
         session = self.sessions.get(key)
         turns: list[Turn] = []  # since the last decision point: humans and other bots
@@ -260,7 +313,14 @@ class Core:
         answers: Counter[str] = Counter()  # direct answers per author in this batch
         behind: list[Message] = []  # addresses past the caps: told to ask again
         settings = self.policy.settings
-        for m in messages:
+        for m in items:
+            if isinstance(m, _Command):  # a slash command: answered to its caller
+                await self._flush_context(session, turns)
+                turns, humans = [], []
+                answer = None if self.commands is None else \
+                    await self.commands.handle(m.msg, m.text, announce=self.announce)
+                m.done.set_result(answer)
+                continue
             if m.is_self:
                 continue  # already in history: the core put it there when it posted it
             if m.is_bot:
@@ -268,17 +328,14 @@ class Core:
                 continue
             address = self.policy.address(m)
             self.policy.note_message(m)
-            # "assistant optin" is no address by the wake-word rules (that would make
-            # "assistant manager" one), but a whole message that is a command after the wake
-            # word is a command.
-            if self.commands is not None and (
-                    address == "direct" or self.policy.addressing.leads_with_wake_word(m.text)):
-                answer = await self.commands.handle(
-                    m, self.policy.addressing.strip_address(m.text))
+            command = self._command_text(m)
+            if command is not None and self.commands is not None:
+                answer = await self.commands.handle(m, command, announce=self.announce)
                 if answer is not None:
-                    # Commands stay out of the model's history: they are not conversation.
+                    # Commands stay out of the model's history: they are not conversation;
+                    # what came before them is context now.
                     await self._flush_context(session, turns)
-                    turns = []
+                    turns, humans = [], []
                     await self._post(key, answer, m, addressed=True)
                     await self._notify(DecisionRecord(key, (m,), True, self.policy.mode(
                         key, m.is_dm), None, answer, "command", 0.0, "direct"))
@@ -475,6 +532,22 @@ class Core:
         finally:
             await relay.close()
         return text
+
+    async def _open_session(self, key: ConversationKey, first: Message) -> None:
+        """A thread new to the bot gets its earlier messages as context: the adapter's
+        optional `history(key, before)` fetches them (the core decides when: once, as the
+        thread's session is made). Context for the model only; the store withholds bot turns
+        that repeat it."""
+        if key.thread is None or self.sessions.peek(key) is not None:
+            return
+        fetch = getattr(self.adapters.get(key.platform), "history", None)
+        turns: Sequence[Turn] = ()
+        if fetch is not None:
+            try:
+                turns = await fetch(key, first)
+            except Exception:  # context is a nicety: the conversation goes on without it
+                log.exception("fetching the history of %s failed", key)
+        self.seed_context(key, turns)
 
     def seed_context(self, key: ConversationKey, turns: Sequence[Turn]) -> bool:
         """Give a conversation new to the bot its earlier history (a thread's messages fetched

@@ -49,6 +49,4 @@ def build_core(settings: Settings, engine: Any = None, store: Any = None) -> Cor
         commands = CommandHandler(settings, store, policy)
     core = Core(engine, policy, bot=settings.bot, runtime=settings.runtime, store=store,
                 commands=commands, generation=settings.generation)
-    if commands is not None:
-        commands.core = core
     return core

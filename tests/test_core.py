@@ -12,6 +12,7 @@ from bot.core import Core, DecisionRecord
 from bot.engine.fake import ScriptedEngine
 from bot.message import ConversationKey, Deletion, Message
 from bot.policy import Policy
+from tests.conftest import QueueAdapter
 
 K1 = ConversationKey("test", "c1")
 K2 = ConversationKey("test", "c2")
@@ -261,3 +262,56 @@ async def test_an_error_at_one_address_does_not_cost_the_next_person_their_answe
     assert [(r.in_reply_to, r.text[:5]) for r in queue_adapter.sent] == [
         ("c1-1", "Sorry"), ("c1-2", "echo:")]
     assert core.errors == 1 and "model exploded" in caplog.text
+
+
+async def test_a_new_thread_gets_its_history_from_the_adapter_once(queue_adapter) -> None:  # type: ignore[no-untyped-def]
+    from bot.message import user
+
+    fetched: list[tuple[ConversationKey, str | None]] = []
+
+    async def history(key: ConversationKey, before: Message):  # type: ignore[no-untyped-def]
+        fetched.append((key, before.message_id))
+        return [user("Ann", "the release checklist, item 2 is the migration")]
+
+    queue_adapter.history = history
+    eng = ScriptedEngine()
+    core, _ = make_core(eng)
+    core.add_adapter(queue_adapter)
+    thread = ConversationKey("test", "c1", "t1")
+    async with core:
+        await core.handle(msg(thread, "Bob", "what about the second one?", 1))
+        await core.handle(msg(thread, "Bob", "anyone?", 2))
+        await core.flush()
+        await core.handle(msg(K1, "Bob", "not a thread", 3))
+        await core.flush()
+    assert fetched == [(thread, "c1-1")]  # once, for the thread, before its first message
+    s = core.sessions.get(thread)
+    assert s.turns[0].content == "the release checklist, item 2 is the migration"
+
+
+async def test_slash_commands_go_through_the_conversations_queue(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot import config as config_mod
+    from bot.commands import CommandHandler
+    from bot.store import Store
+
+    settings = config_mod.parse({"store": {"path": str(tmp_path / "s.sqlite3"),
+                                           "default_logging": True}})
+    async with Store.from_settings(settings.store) as store:
+        policy = Policy(settings.policy, ["assistant"])
+        eng = ScriptedEngine(delay=0.1)
+        core = Core(eng, policy, store=store, commands=CommandHandler(settings, store, policy))
+        adapter = QueueAdapter()
+        core.add_adapter(adapter)
+        async with core:
+            await core.handle(msg(K1, "Ann", "assistant, what's new?", 1))
+            await asyncio.sleep(0.02)  # the model is busy with Ann's question
+            answer = await core.command(msg(K1, "Bob", "", 2), "optin")
+            assert adapter.sent and adapter.sent[0].in_reply_to == "c1-1"  # after Ann's
+            assert answer is not None and "opted in" in answer
+            assert len(adapter.sent) == 1  # the slash command's answer is returned, not posted
+            # a typed command is never stored: it is not conversation
+            await core.handle(msg(K1, "Bob", "assistant optin", 3))
+            await core.handle(msg(K1, "Bob", "hello all", 4))
+            await core.flush()
+        rows = await store._read("SELECT text FROM messages WHERE role = 'user'")
+    assert [r[0] for r in rows] == ["hello all"]  # Bob opted in; his command is not kept
