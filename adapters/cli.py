@@ -2,7 +2,7 @@
 
 The command line is a driving adapter, the outermost ring. Subcommands owned by other modules are added by explicit calls below (no plugin registry):
 `training.cli.add_commands` (train, eval, retrain, models, data check / synth),
-`training.export.add_commands` (export) and `bot.data_cli.add_data_commands` (data export,
+`training.export.add_commands` (export) and `adapters.data_cli.add_data_commands` (data export,
 stats, forget). Heavy imports happen inside the command functions, so `chimein --help` and
 `chimein config check` are instant.
 """
@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Any
 
+from adapters import data_cli
 from bot import config as config_mod
-from bot import data_cli
 from bot.errors import ChimeinError
 from bot.wiring import quiet_libraries
 from training import cli as training_cli
