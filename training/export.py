@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from bot.engine.base import hub_offline
 from bot.errors import ChimeinError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def merge(model_path: str, adapter: str | None, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
+    local_only = hub_offline()
     p = Path(model_path).expanduser()
     if (model_path.startswith((".", "/", "~")) or p.exists()) and not p.exists():
         raise ExportError(f"cannot load model {model_path!r}: no such folder")

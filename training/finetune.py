@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.engine.base import hub_offline
 from bot.errors import ChimeinError
 from training.data import Example, Loaded, read_files, sha256_file, split
 
@@ -362,7 +363,6 @@ def _quiet_libraries() -> None:
 
 def load_base(base: str, device: str, qlora: bool) -> tuple[Any, Any]:
     """(model, tokenizer) for LoRA training; 4-bit NF4 weights with `qlora`."""
-    import os
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -381,7 +381,7 @@ def load_base(base: str, device: str, qlora: bool) -> tuple[Any, Any]:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
-    local = os.environ.get("HF_HUB_OFFLINE") == "1"
+    local = hub_offline()
     try:
         tok = AutoTokenizer.from_pretrained(base, local_files_only=local)
         model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=local,

@@ -6,6 +6,7 @@ loop. The engine owns each session's token ids and KV state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -13,6 +14,12 @@ from typing import Protocol, runtime_checkable
 from bot.errors import ChimeinError
 from bot.message import Turn
 from bot.sessions import Session
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE=1: models and tokenizers load from local files only (a self-hosted bot,
+    tests, CI); the one place that reads it."""
+    return os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
 class EngineError(ChimeinError, RuntimeError):

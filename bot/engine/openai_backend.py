@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings, OpenAISettings
-from bot.engine.base import EngineError
+from bot.engine.base import EngineError, hub_offline
 from bot.engine.decision import DecisionEngine, Scored
 from bot.message import Turn
 from bot.render import DecisionInput, Renderer
@@ -188,7 +188,7 @@ class OpenAIEngine(DecisionEngine):
         source = model.path or api.model
         try:
             tok = AutoTokenizer.from_pretrained(
-                source, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+                source, local_files_only=hub_offline())
         except OSError as e:
             raise EngineError(f"the openai backend renders prompts locally and needs the "
                               f"served model's tokenizer: cannot load {source!r} ({e})"

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
-from bot.engine.base import EngineError
+from bot.engine.base import EngineError, hub_offline
 from bot.engine.decision import DecisionEngine, Scored
 from bot.engine.transformers_backend import _check_model_path
 from bot.message import Turn
@@ -408,7 +408,7 @@ def load_ov_model(model: ModelSettings) -> tuple[OVModel, Any]:
     if model.quantize != "none":
         raise EngineError("model.quantize is for the transformers backend; OpenVINO weights "
                           "are compressed at export time")
-    local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
+    local_only = hub_offline()
     xml = Path(model.path).expanduser() / "openvino_model.xml"
     try:
         tok = AutoTokenizer.from_pretrained(model.path, local_files_only=local_only)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
-from bot.engine.base import EngineError
+from bot.engine.base import EngineError, hub_offline
 from bot.engine.decision import DecisionEngine, Scored
 from bot.message import Turn
 from bot.render import DecisionInput, Renderer, strip_markers
@@ -52,7 +51,7 @@ def _check_model_path(path: str) -> None:
             return
         raise EngineError(f"model path {path!r} has no config.json: not a transformers model "
                           "folder (for a registry folder use model.registry_dir)")
-    if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+    if not p.exists() and hub_offline():
         raise EngineError(f"{path!r} is not a folder here, and HF_HUB_OFFLINE=1 forbids "
                           "downloading it from the hub: download it once without "
                           "HF_HUB_OFFLINE, or pass a local folder")
@@ -91,7 +90,7 @@ def load_model(model: ModelSettings) -> tuple[Any, Any, str]:
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     else:
         kwargs["dtype"] = torch.float32
-    local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
+    local_only = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=local_only)
         lm = AutoModelForCausalLM.from_pretrained(model.path, local_files_only=local_only,
