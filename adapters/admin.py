@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.registry_watch import RegistryWatcher
     from bot.config import Settings
+    from bot.core import Core
     from bot.message import Message
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,22 @@ def retrain_argv(settings: Settings) -> list[str]:
 
 
 class RetrainJob:
-    """Runs one retrain at a time in a child process; `start` is the `on_retrain` callback."""
+    """Runs one retrain at a time in a child process; `start` is the `on_retrain` callback.
+    `announce(msg, text)` tells the admin who asked how it ended. The child writes its
+    outcome as JSON (`chimein retrain --outcome FILE`); its log is for people."""
 
     def __init__(self, settings: Settings, watcher: RegistryWatcher | None = None, *,
+                 announce: Callable[[Message, str], Awaitable[object]] | None = None,
                  argv: Sequence[str] | None = None, log_dir: str | Path | None = None):
         self.settings = settings
         self.watcher = watcher
+        self.announce = announce
         self.argv = list(argv) if argv is not None else retrain_argv(settings)
         self.log_dir = Path(log_dir) if log_dir is not None \
             else Path(settings.store.path).resolve().parent
-        # Called with (the admin's message, a one-line outcome) when a retrain ends.
-        self.announce: Callable[[Message, str], Awaitable[object]] | None = None
         self.task: asyncio.Task[int] | None = None
         self.log_file: Path | None = None
+        self.outcome_file: Path | None = None
         self.returncode: int | None = None
 
     @property
@@ -59,11 +64,13 @@ class RetrainJob:
             return f"A retrain is already running (log: {self.log_file}); I'll switch when it ends."
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = self.log_dir / time.strftime("retrain-%Y%m%d-%H%M%S.log")
+        self.outcome_file = self.log_file.with_suffix(".json")
+        self.outcome_file.unlink(missing_ok=True)
         out = self.log_file.open("ab")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.STDOUT)
+                *self.argv, "--outcome", str(self.outcome_file),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
         except OSError as e:
             out.close()
             return f"Retraining could not start: {e}"
@@ -76,17 +83,22 @@ class RetrainJob:
         return f"Retraining started (log: {self.log_file}); {switch}."
 
     def outcome(self) -> str:
-        """One line on how the last retrain ended, from its exit status and log."""
-        lines: list[str] = []
-        if self.log_file is not None and self.log_file.exists():
-            text = self.log_file.read_text(encoding="utf-8", errors="replace")
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        verdict = next((ln for ln in reversed(lines) if ln.startswith(("PROMOTED", "NOT PROMOTED",
-                                                                        "error:"))), None)
+        """One line on how the last retrain ended: the child's JSON outcome; the last line of
+        its log when it wrote none (it crashed before it could)."""
+        result: dict[str, Any] = {}
+        if self.outcome_file is not None and self.outcome_file.exists():
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(self.outcome_file.read_text(encoding="utf-8"))
+                result = loaded if isinstance(loaded, dict) else {}
+        verdict = result.get("verdict") or (f"error: {result['error']}"
+                                            if result.get("error") else None)
         if self.returncode in (0, 3):  # 3: trained and compared, the gate refused it
             return f"Retrain finished: {verdict or 'done'}."
-        detail = verdict or (lines[-1] if lines else "no output")
-        return (f"Retrain ended with exit status {self.returncode}: {detail} "
+        if verdict is None and self.log_file is not None and self.log_file.exists():
+            lines = [ln.strip() for ln in self.log_file.read_text(
+                encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+            verdict = lines[-1] if lines else None
+        return (f"Retrain ended with exit status {self.returncode}: {verdict or 'no output'} "
                 f"(log: {self.log_file}).")
 
     async def _wait(self, proc: asyncio.subprocess.Process, out: Any,
@@ -118,37 +130,41 @@ class RetrainJob:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-@contextlib.asynccontextmanager
-async def admin_services(core: Any, settings: Settings) -> AsyncIterator[RetrainJob | None]:
-    """What a running bot needs besides its adapters: following the model registry, and the
-    admin `reload` / `retrain` commands (a retrain still running at the end is stopped)."""
-    from adapters.registry_watch import RegistryWatcher
+class Admin:
+    """The admin `reload` and `retrain` commands of a running bot, and the services behind
+    them. Made before the core: its `reload` and `retrain` go into the command handler at
+    construction (bot.wiring.build_core). `serving(core)` runs them for the core's lifetime:
+    the registry watcher, and a retrain job that tells the admin how it ended."""
 
-    async with RegistryWatcher(core, settings) as watcher:
-        job = wire_admin_commands(core, watcher, settings)
-        try:
-            yield job
-        finally:
-            if job is not None:
-                await job.close()
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.watcher: RegistryWatcher | None = None
+        self.job: RetrainJob | None = None
 
+    async def reload(self, msg: Message) -> str:
+        if self.watcher is None:
+            return "Reloading is not available: the bot is not serving yet."
+        return await self.watcher.reload()
 
-def wire_admin_commands(core: Any, watcher: RegistryWatcher, settings: Settings,
-                        retrain: RetrainJob | None = None) -> RetrainJob | None:
-    """Connect the `reload` and `retrain` admin commands of `core.commands` (if any)."""
-    commands = getattr(core, "commands", None)
-    if commands is None:
-        return None
-    job = retrain or RetrainJob(settings, watcher)
+    async def retrain(self, msg: Message) -> str:
+        if self.job is None:
+            return "Retraining is not available: the bot is not serving yet."
+        return await self.job.start(msg)
 
-    async def on_reload(msg: Message) -> str:
-        return await watcher.reload()
+    @contextlib.asynccontextmanager
+    async def serving(self, core: Core) -> AsyncIterator[Admin]:
+        """Follow the model registry and take retrains while `core` runs (a retrain still
+        running at the end is stopped)."""
+        from adapters.registry_watch import RegistryWatcher
 
-    async def announce(msg: Message, text: str) -> None:
-        await core.announce(msg.key, text, msg)
+        async def announce(msg: Message, text: str) -> None:
+            await core.announce(msg.key, text, msg)
 
-    commands.on_reload = on_reload
-    commands.on_retrain = job.start
-    if job.announce is None:
-        job.announce = announce
-    return job
+        async with RegistryWatcher(core, self.settings) as watcher:
+            self.watcher = watcher
+            self.job = RetrainJob(self.settings, watcher, announce=announce)
+            try:
+                yield self
+            finally:
+                await self.job.close()
+                self.watcher = self.job = None

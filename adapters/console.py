@@ -136,7 +136,7 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       lines: AsyncIterator[str] | None = None, out: TextIO | None = None,
                       engine: Any = None) -> int:
     """`chimein console`: load the model, then chat on stdin/stdout."""
-    from adapters.admin import admin_services
+    from adapters.admin import Admin
     from bot.wiring import build_core
 
     out = out or sys.stdout
@@ -156,8 +156,9 @@ async def run_console(settings: Settings, store_path: str | None = None,
         # the [store] section's consent default and retention, at the path asked for
         store_cm = Store.from_settings(replace(settings.store, path=store_path))
     async with store_cm as store:
-        core = build_core(settings, engine=engine, store=store)
-        async with core, admin_services(core, settings):
+        admin = Admin(settings)
+        core = build_core(settings, engine=engine, store=store, admin=admin)
+        async with core, admin.serving(core):
             out.write("* chimein console: type 'name: message' (e.g. 'alice: hi'); "
                       "/who, /quit\n")
             out.flush()

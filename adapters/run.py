@@ -120,7 +120,7 @@ async def run_all(settings: Settings, *, engine: Any = None,
               "[discord] enabled = true)", file=sys.stderr)
         return 2
     stop = stop or asyncio.Event()
-    from adapters.admin import admin_services
+    from adapters.admin import Admin
     from bot.store import Store
     from bot.wiring import build_core, load_engine_async
 
@@ -136,12 +136,13 @@ async def run_all(settings: Settings, *, engine: Any = None,
         # answers already queued go out, the adapters disconnect, the core and the store close.
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(Store.from_settings(settings.store))
-            core = build_core(settings, engine=engine, store=store)
+            admin = Admin(settings)
+            core = build_core(settings, engine=engine, store=store, admin=admin)
             stack.push_async_callback(core.close, False)
             adapters: list[RunnableAdapter] = []
             stack.push_async_callback(_close_adapters, adapters)
             stack.push_async_callback(_drain, core)
-            await stack.enter_async_context(admin_services(core, settings))
+            await stack.enter_async_context(admin.serving(core))
             rc = await _serve(core, plans, adapters, stop)
     log.info("stopped")
     return rc

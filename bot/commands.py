@@ -54,14 +54,15 @@ def _when(ts: float | None) -> str:
 class CommandHandler:
     """Implements bot.core.Commands on top of the store and the policy."""
 
-    def __init__(self, settings: Settings, store: Any, policy: Policy):
+    def __init__(self, settings: Settings, store: Any, policy: Policy, *,
+                 on_retrain: Callback | None = None, on_reload: Callback | None = None):
         self.settings = settings
         self.store = store
         self.policy = policy
         self.admins = frozenset(a.strip() for a in settings.bot.admins if a.strip())
         self.name = settings.bot.name or "assistant"
-        self.on_retrain: Callback | None = None
-        self.on_reload: Callback | None = None
+        self.on_retrain = on_retrain
+        self.on_reload = on_reload
         self._followups: set[asyncio.Task[None]] = set()  # "removed from disk now" notices
         wake = [w for w in (*settings.bot.wake_words, self.name) if w]
         words = "|".join(re.escape(w) for w in sorted(set(wake), key=len, reverse=True))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.core import Core
     from bot.engine.base import Engine
+    from bot.message import Message
 
 
 def quiet_libraries() -> None:
@@ -32,8 +33,18 @@ async def load_engine_async(settings: Settings) -> Engine:
     return await asyncio.to_thread(load_engine, settings)
 
 
-def build_core(settings: Settings, engine: Any = None, store: Any = None) -> Core:
-    """Engine + policy (+ store, commands) -> Core, as `chimein run/console/replay` use it."""
+class AdminHooks(Protocol):
+    """What the admin `reload` / `retrain` commands call (adapters.admin.Admin)."""
+
+    async def reload(self, msg: Message) -> str | None: ...
+
+    async def retrain(self, msg: Message) -> str | None: ...
+
+
+def build_core(settings: Settings, engine: Engine | None = None, store: Any = None,
+               admin: AdminHooks | None = None) -> Core:
+    """Engine + policy (+ store, commands with the admin hooks) -> Core, as `chimein
+    run/console/replay` use it; every part gets what it needs at construction."""
     from bot.core import Core
     from bot.engine import load_engine
     from bot.policy import Policy
@@ -46,7 +57,9 @@ def build_core(settings: Settings, engine: Any = None, store: Any = None) -> Cor
     if store is not None:
         from bot.commands import CommandHandler
 
-        commands = CommandHandler(settings, store, policy)
+        commands = CommandHandler(
+            settings, store, policy, on_retrain=admin.retrain if admin else None,
+            on_reload=admin.reload if admin else None)
     core = Core(engine, policy, bot=settings.bot, runtime=settings.runtime, store=store,
                 commands=commands, generation=settings.generation)
     return core

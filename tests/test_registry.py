@@ -208,10 +208,12 @@ def test_retrain_promotes_first_then_gate_refuses_a_worse_model(
                     "--starter",
                     str(starter), "--from-scratch", "tiny", "--max-steps", "40", "--lr", "1e-2",
                     "--batch-size", "2", "--max-seq-len", "256",
-                    "--device", "cpu", "--quiet"])
+                    "--device", "cpu", "--quiet", "--outcome", str(tmp_path / "out.json")])
     assert code == 3
     assert "NOT PROMOTED" in capsys.readouterr().out
     assert reg.active(root) == "chatty"
+    outcome = json.loads((tmp_path / "out.json").read_text())  # what a running bot reads
+    assert outcome["promoted"] is False and outcome["verdict"].startswith("NOT PROMOTED")
 
 
 # -- the admin `retrain` / `reload` commands of a running bot ----------------------------------
@@ -236,13 +238,18 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
                       "generation": {"max_new_tokens": 3, "temperature": 0.0}})
     argv = retrain_job.retrain_argv(s)
     assert argv[1:] == ["-m", "adapters.cli", "retrain", "--data-from-store", "--quiet"]
-    child = (f"from training import registry; registry.activate({str(root)!r}, 'v2'); "
-             "print('a table'); print('PROMOTED: v2 is now active')")
+    # a stand-in for `chimein retrain`: it promotes v2 and writes its outcome as JSON to the
+    # --outcome file the job appends to its command line
+    child = (f"import json, sys; from training import registry; "
+             f"registry.activate({str(root)!r}, 'v2'); print('a table'); "
+             "open(sys.argv[sys.argv.index('--outcome') + 1], 'w').write("
+             "json.dumps({'promoted': True, 'verdict': 'PROMOTED: v2 is now active'}))")
     jobs: list[retrain_job.RetrainJob] = []
     real_job = retrain_job.RetrainJob
 
     def job_with_child(settings, watcher=None, **kw):  # type: ignore[no-untyped-def]
-        jobs.append(real_job(settings, watcher, argv=[sys.executable, "-c", child]))
+        jobs.append(real_job(settings, watcher, announce=kw.get("announce"),
+                             argv=[sys.executable, "-c", child]))
         return jobs[-1]
 
     retrain_job.RetrainJob = job_with_child  # type: ignore[assignment,misc]
@@ -271,7 +278,9 @@ async def test_admin_retrain_in_chat_runs_a_child_and_swaps_to_its_version(
     assert "Retraining started (log: " in text and "if it passes the checks" in text
     assert "reloaded: now serving v2" in text  # the finished retrain had already swapped
     log_file = jobs[0].log_file
-    assert log_file is not None and "PROMOTED: v2" in log_file.read_text()
+    assert log_file is not None and "a table" in log_file.read_text()  # the log: for people
+    outcome = jobs[0].outcome_file  # the outcome: JSON, for the bot
+    assert outcome is not None and json.loads(outcome.read_text())["promoted"] is True
     # the admin hears how it ended, in the chat where they asked
     assert "assistant: Retrain finished: PROMOTED: v2 is now active." in text
     assert log_file.parent == tmp_path / "data"
@@ -344,12 +353,10 @@ async def test_a_failed_retrain_is_reported_to_the_admin(tmp_path: Path) -> None
     s = config.parse({"store": {"path": str(tmp_path / "s.sqlite3")}})
     told: list[str] = []
     child = "import sys; print('error: no base model: set training.base_model'); sys.exit(2)"
-    job = RetrainJob(s, None, argv=[sys.executable, "-c", child])
-
     async def announce(msg: Message, text: str) -> None:
         told.append(text)
 
-    job.announce = announce
+    job = RetrainJob(s, None, announce=announce, argv=[sys.executable, "-c", child])
     msg = Message(ConversationKey("test", "c"), "admin", "Admin", "retrain", message_id="1")
     first = await job.start(msg)
     assert first.startswith("Retraining started") and "registry_dir" in first

@@ -336,12 +336,21 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                           starter_dir=Path(args.starter) if args.starter else STARTER_DIR,
                           progress=not args.quiet and not args.json)
     except RetrainError as e:
+        _write_outcome(args.outcome, {"error": str(e)})
         return _err(str(e))
+    verdict = outcome.table.rsplit("\n", 1)[-1]  # "PROMOTED: ..." / "NOT PROMOTED: ..."
+    _write_outcome(args.outcome, {**outcome.as_json(), "verdict": verdict})
     if args.json:
         print(json.dumps(outcome.as_json(), ensure_ascii=False, indent=2))
     else:
         print(outcome.table)
     return 0 if outcome.promoted or args.no_promote else 3
+
+
+def _write_outcome(path: str | None, obj: dict[str, Any]) -> None:
+    """`--outcome FILE`: how the retrain ended, as JSON, for the bot that started it."""
+    if path:
+        Path(path).write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -418,6 +427,8 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--no-promote", action="store_true",
                     help="evaluate and compare, but leave the active version as it is")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--outcome", default=None, metavar="FILE",
+                    help="also write how it ended as JSON to FILE (a running bot reads it)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _hyper_flags(sp)
     sp.set_defaults(func=cmd_retrain)
