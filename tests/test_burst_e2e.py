@@ -8,8 +8,9 @@ once that it is catching up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,9 @@ async def test_slack_past_the_caps_it_says_once_who_should_ask_again(tmp_path: P
         await fake.__aexit__(None, None, None)
 
 
-async def test_discord_three_people_at_once_each_get_a_reply_to_their_message(
-        tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _discord(tmp_path: Path) -> AsyncIterator[tuple[World, FakeDiscord, DiscordAdapter]]:
+    """The world on the real discord.py client against FakeDiscord, #random kept busy first."""
     w = World(tmp_path)
     async with FakeDiscord(heartbeat_ms=200) as fake:
         core = await w.core()
@@ -183,56 +185,47 @@ async def test_discord_three_people_at_once_each_get_a_reply_to_their_message(
             async with core, adapter:
                 await fake.user_says("cy", "assistant, anything new?", channel=fake.random)
                 await until(lambda: adapter.handled >= 1)
-                await asyncio.sleep(0.1)  # busy with #random
-                said = [await fake.user_says("ann", "assistant, what is 1+1?"),
-                        await fake.user_says("bob", "busy day"),
-                        await fake.user_says("bob", f"<@{fake.bot_id}> what is 2+2?",
-                                             mentions=["bot"]),
-                        await fake.user_says("cy", "what is 3+3, assistant?"),
-                        await fake.user_says("ann", "lunch?"),
-                        await fake.user_says("bob", "yes")]
-                await until(lambda: adapter.handled >= 7)
-                await asyncio.wait_for(core.flush(), 10)
-                await until(lambda: len(fake.posts) >= 4)
-                posts = [p for p in fake.posts if p["channel_id"] == fake.general]
-                assert [p["message_reference"]["message_id"] for p in posts] == [
-                    int(said[0]["id"]), int(said[2]["id"]), int(said[3]["id"])]
-                assert [p["content"][-9:] for p in posts] == ["(after 0)", "(after 1)",
-                                                              "(after 2)"]
-                general = w.decisions(str(fake.general))
-                assert [r.address for r in general] == ["direct", "direct", "direct", None]
-                assert [m.text for m in general[-1].messages] == ["lunch?", "yes"]
+                await asyncio.sleep(0.1)  # the model is busy with #random
+                yield w, fake, adapter
         finally:
             await w.store.close()
+
+
+async def test_discord_three_people_at_once_each_get_a_reply_to_their_message(
+        tmp_path: Path) -> None:
+    async with _discord(tmp_path) as (w, fake, adapter):
+        said = [await fake.user_says("ann", "assistant, what is 1+1?"),
+                await fake.user_says("bob", "busy day"),
+                await fake.user_says("bob", f"<@{fake.bot_id}> what is 2+2?",
+                                     mentions=["bot"]),
+                await fake.user_says("cy", "what is 3+3, assistant?"),
+                await fake.user_says("ann", "lunch?"),
+                await fake.user_says("bob", "yes")]
+        await until(lambda: adapter.handled >= 7)
+        await asyncio.wait_for(adapter.core.flush(), 10)
+        await until(lambda: len(fake.posts) >= 4)
+        posts = [p for p in fake.posts if p["channel_id"] == fake.general]
+        assert [p["message_reference"]["message_id"] for p in posts] == [
+            int(said[0]["id"]), int(said[2]["id"]), int(said[3]["id"])]
+        assert [p["content"][-9:] for p in posts] == ["(after 0)", "(after 1)", "(after 2)"]
+        general = w.decisions(str(fake.general))
+        assert [r.address for r in general] == ["direct", "direct", "direct", None]
+        assert [m.text for m in general[-1].messages] == ["lunch?", "yes"]
 
 
 async def test_discord_commands_in_a_burst_each_get_a_reply(tmp_path: Path) -> None:
-    w = World(tmp_path)
-    async with FakeDiscord(heartbeat_ms=200) as fake:
-        core = await w.core()
-        ds = dataclasses.replace(w.settings.discord, enabled=True,
-                                 api_base_url=fake.api_base_url, gateway_url=fake.gateway_url)
-        adapter = DiscordAdapter(core, ds, w.settings.bot, token=fake.token,
-                                 guild_ready_timeout=0.05)
-        core.add_adapter(adapter)
-        try:
-            async with core, adapter:
-                await fake.user_says("cy", "assistant, busy?", channel=fake.random)
-                await until(lambda: adapter.handled >= 1)
-                await asyncio.sleep(0.1)  # busy with #random
-                said = [await fake.user_says("ann", "assistant optin"),
-                        await fake.user_says("bob", "assistant status"),
-                        await fake.user_says("cy", "assistant, what's new?"),
-                        await fake.user_says("bob", "assistant optin")]
-                await until(lambda: adapter.handled >= 5)
-                await asyncio.wait_for(core.flush(), 10)
-                await until(lambda: len(fake.posts) >= 5)
-                posts = [p for p in fake.posts if p["channel_id"] == fake.general]
-                assert [p["message_reference"]["message_id"] for p in posts] == [
-                    int(s["id"]) for s in said]
-                assert "opted in" in posts[0]["content"].lower()
-                assert posts[2]["content"] == "re assistant, what's new? (after 0)"
-                assert [r.reason for r in w.decisions(str(fake.general))] == [
-                    "command", "command", "addressed", "command"]
-        finally:
-            await w.store.close()
+    async with _discord(tmp_path) as (w, fake, adapter):
+        said = [await fake.user_says("ann", "assistant optin"),
+                await fake.user_says("bob", "assistant status"),
+                await fake.user_says("cy", "assistant, what's new?"),
+                await fake.user_says("bob", "assistant optin")]
+        await until(lambda: adapter.handled >= 5)
+        await asyncio.wait_for(adapter.core.flush(), 10)
+        await until(lambda: len(fake.posts) >= 5)
+        posts = [p for p in fake.posts if p["channel_id"] == fake.general]
+        assert [p["message_reference"]["message_id"] for p in posts] == [
+            int(s["id"]) for s in said]
+        assert "opted in" in posts[0]["content"].lower()
+        assert posts[2]["content"] == "re assistant, what's new? (after 0)"
+        assert [r.reason for r in w.decisions(str(fake.general))] == [
+            "command", "command", "addressed", "command"]
