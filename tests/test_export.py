@@ -220,13 +220,13 @@ async def test_many_unkept_messages_do_not_push_out_what_a_bot_turn_may_quote(
 
 async def test_past_the_unkept_memory_bound_bot_turns_are_withheld_until_restart(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bot.store.UNKEPT_CHARS", 100)
+    monkeypatch.setattr(store.privacy, "conversation_chars", 100)
     elsewhere = ConversationKey("test", "other")
     await store.set_channel_logging("test", "other", True)
     for i in range(5):  # 5 x 29 letters/digits: past 100, the oldest cannot be remembered
         await store.record_message(msg("cy", f"cy number {i} has not opted in at all", f"c{i}",
                                        1.0 + i))
-    assert store._unkept_texts(K) is None
+    assert store.privacy.unkept_texts(K) is None
     await store.record_message(msg("ann", "assistant, hello?", "a", 10.0))
     await bot(store, "hello ann", "a", "b1")
     await store.record_message(msg("ann", "assistant, hello?", "a2", 10.0, key=elsewhere))
@@ -234,7 +234,7 @@ async def test_past_the_unkept_memory_bound_bot_turns_are_withheld_until_restart
     texts = rows(store.path, "SELECT platform_message_id FROM messages WHERE "
                              "role = 'assistant' AND text IS NOT NULL")
     assert texts == [("b2",)]
-    assert all(m.chars <= 100 for m in store._unkept.values())  # memory stays bounded
+    assert store.privacy.chars() <= 100  # memory stays bounded
     async with Store(store.path) as restarted:  # a fresh process: the model starts afresh too
         await restarted.record_message(msg("ann", "assistant, again?", "a3", 20.0))
         await bot(restarted, "hello again", "a3", "b3")

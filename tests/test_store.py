@@ -410,7 +410,7 @@ async def test_a_failing_job_does_not_fail_the_others_in_its_batch(store: Store)
         await db.execute("INSERT INTO no_such_table VALUES (1)")
 
     results = await asyncio.gather(
-        store.record_message(msg("ann", "one", "1")), store._submit("broken", broken),
+        store.record_message(msg("ann", "one", "1")), store._writer.submit("broken", broken),
         store.record_message(msg("ann", "two", "2")), return_exceptions=True)
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], sqlite3.OperationalError)
