@@ -30,7 +30,7 @@ from tests.test_discord_e2e import until
 from tests.test_slack_e2e import make_env as slack_env
 from training.data import read_file
 
-FAST = settings(max_examples=250, deadline=None, database=None,
+FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 LIVE = settings(max_examples=12, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
