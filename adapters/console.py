@@ -1,29 +1,25 @@
-"""A group chat in the terminal, and transcript replay through the real core and engine.
+"""A group chat in the terminal: `chimein console`.
 
-Console: type `alice: hi there`; the bot's answers appear as `assistant: ...`. `/who` lists
-who spoke, `/quit` (or end of input) leaves. A line without `name:` is said by the last speaker.
-
-Replay: every user turn of a JSONL conversation file goes through the real core and engine;
-`--json` prints one object per user turn.
+Type `alice: hi there`; the bot's answers appear as `assistant: ...`. `/who` lists who spoke,
+`/quit` (or end of input) leaves. A line without `name:` is said by the last speaker. Replaying
+JSONL conversations through the core is `bot.replay` (`chimein replay`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 from bot.config import Settings
-from bot.core import Core, DecisionRecord
-from bot.message import ConversationKey, Message, Reply, Turn, clean_text
+from bot.core import Core
+from bot.message import ConversationKey, Message, Reply, clean_text
 from bot.render import ASSISTANT_NAME
-from bot.transcript import read_jsonl
+from bot.wiring import load_engine_async
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +72,6 @@ async def _stdin_lines() -> AsyncIterator[str]:
         if not line:
             return
         yield line
-
-
-async def _load_engine(settings: Settings) -> Any:
-    from bot.engine import load_engine
-
-    # Loading a model takes seconds to minutes: keep the event loop free meanwhile.
-    return await asyncio.to_thread(load_engine, settings)
 
 
 def _say(out: TextIO, text: str) -> None:
@@ -146,7 +135,7 @@ async def run_console(settings: Settings, store_path: str | None = None,
             if settings.model.registry_dir else "(model.path not set)")
         out.write(f"* loading {what} ...\n")
         out.flush()
-        engine = await _load_engine(settings)
+        engine = await load_engine_async(settings)
     store_cm: Any = contextlib.nullcontext(None)
     if store_path:
         from dataclasses import replace
@@ -163,133 +152,4 @@ async def run_console(settings: Settings, store_path: str | None = None,
                       "/who, /quit\n")
             out.flush()
             await console_session(core, lines or _stdin_lines(), out)
-    return 0
-
-
-# -- replay -------------------------------------------------------------------------------
-def _gold_after(records: list[dict[str, Any]]) -> list[str | None]:
-    """For each user record in order: the gold assistant text right after it (None=silence)."""
-    from bot.render import from_records
-
-    turns = from_records(records)
-    gold: list[str | None] = []
-    for i, t in enumerate(turns):
-        if t.role == "user":
-            nxt = turns[i + 1] if i + 1 < len(turns) else None
-            gold.append(nxt.content if nxt is not None and nxt.role == "assistant" else None)
-    return gold
-
-
-async def replay_conversations(core: Core, conversations: Iterable[Any], *,
-                               history: str = "live") -> AsyncIterator[dict[str, Any]]:
-    """Yield one result dict per user turn, running each through the real core."""
-
-    class _Collect:
-        platform = "replay"
-
-        def __init__(self) -> None:
-            self.sent: list[Reply] = []
-
-        async def send(self, reply: Reply) -> str | None:
-            self.sent.append(reply)
-            return f"r{len(self.sent)}"
-
-        @contextlib.asynccontextmanager
-        async def typing(self, key: ConversationKey) -> AsyncIterator[None]:
-            yield
-
-    core.add_adapter(_Collect())
-    records_seen: list[DecisionRecord] = []
-    core.listeners.append(records_seen.append)
-    try:
-        for i, conv in enumerate(conversations):
-            key = ConversationKey("replay", str(i))
-            gold = _gold_after(conv.records)
-            users = [r for r in conv.records if r["role"] == "user"]
-            system = [r for r in conv.records if r["role"] == "system"]
-            if system:
-                core.engine.observe(core.sessions.get(key),
-                                    [Turn("system", system[0]["content"])])
-            for j, rec in enumerate(users):
-                before = len(records_seen)
-                await core.handle(Message(key, rec["name"].lower(), rec["name"],
-                                          rec["content"] or "", message_id=f"{i}-{j}"))
-                await core.flush()
-                if len(records_seen) == before:
-                    raise RuntimeError(f"conversation {i} turn {j}: the core made no decision "
-                                       "(see the log for the error)")
-                r = records_seen[-1]
-                d = r.decision
-                yield {
-                    "conversation": i, "turn": j, "name": rec["name"],
-                    "addressed": r.addressed,
-                    "address": r.address,
-                    "decision": "response" if r.text is not None else "silence",
-                    "p_silence": None if d is None else float(f"{d.p_silence:.6g}"),
-                    "text": r.text,
-                    "latency_ms": round(r.latency_ms, 3),
-                }
-                if history == "gold":
-                    session = core.sessions.get(key)
-                    if session.turns and session.turns[-1].role == "assistant":
-                        session.turns[-1] = Turn("assistant", gold[j], ASSISTANT_NAME)
-    finally:
-        core.listeners.remove(records_seen.append)
-
-
-async def replay_file(settings: Settings, path: str | Path, *, as_json: bool = False,
-                      history: str = "live", limit: int | None = None,
-                      out: TextIO | None = None, engine: Any = None) -> int:
-    """`chimein replay FILE`: bad lines are reported with their line number and skipped."""
-    from bot.wiring import build_core
-
-    out = out or sys.stdout
-    p = Path(path)
-    if not p.exists():
-        print(f"error: no such file: {p}", file=sys.stderr)
-        return 2
-    result = read_jsonl(p)
-    for err in result.errors:
-        print(f"skipped {err}", file=sys.stderr)
-    convs = result.conversations[:limit] if limit else result.conversations
-    if not convs:
-        print(f"error: {p} has no valid conversation", file=sys.stderr)
-        return 2
-    if engine is None:
-        engine = await _load_engine(settings)
-    if history == "gold":  # evaluation: every decision is the model's own, no cooldown
-        import dataclasses
-
-        settings = dataclasses.replace(settings, policy=dataclasses.replace(
-            settings.policy, cooldown_window_seconds=0.0))
-    core = build_core(settings, engine=engine)
-    spoke = turns = 0
-    lat = 0.0
-    async with core:
-        current = -1
-        async for row in replay_conversations(core, convs, history=history):
-            turns += 1
-            spoke += row["decision"] == "response"
-            lat += row["latency_ms"]
-            if as_json:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                continue
-            if row["conversation"] != current:
-                current = row["conversation"]
-                c = convs[current]
-                out.write(f"\n=== conversation {current} (line {c.line}"
-                          f"{', id ' + c.id if c.id else ''}) ===\n")
-            users = [r for r in convs[current].records if r["role"] == "user"]
-            out.write(f"{row['name']}: {users[row['turn']]['content']}\n")
-            p_s = "-" if row["p_silence"] is None else f"{row['p_silence']:.3f}"
-            flag = " [addressed]" if row["addressed"] else \
-                f" [{row['address']}]" if row["address"] else ""
-            if row["text"] is None:
-                out.write(f"    · silence (p_silence={p_s}){flag}\n")
-            else:
-                out.write(f"    -> {ASSISTANT_NAME}: {row['text']}  (p_silence={p_s}){flag}\n")
-        out.flush()
-    print(f"replayed {len(convs)} conversation(s), {turns} user turn(s): spoke {spoke} times, "
-          f"mean decision latency {lat / max(turns, 1):.1f} ms; {len(result.errors)} bad "
-          f"line(s) skipped", file=sys.stderr)
     return 0

@@ -6,12 +6,15 @@ those into `bot.message` types (tested on recorded gateway payloads fed through 
 own parsers), and `DiscordAdapter` hands them to `core.handle` and posts the core's replies.
 
 - Guild text channels and threads are each their own conversation (a thread is
-  `ConversationKey(channel=<parent>, thread=<thread>)`); DMs use the DM mode.
+  `ConversationKey(channel=<parent>, thread=<thread>)`); DMs use the DM mode. When a thread is
+  new to the bot, the core asks `history` for its starter and earlier messages as context.
 - Addressed: a mention of the bot user or of its managed role, or a reply to one of its
   messages; wake words are the core's business.
 - Replies are Discord replies to the triggering message, split under 2,000 characters, with
   mentions disabled except (for answers) the person asked; a typing indicator runs while the
   answer is generated. Rate limits are handled by discord.py.
+- Slash commands (`discord.slash_commands`) go through `core.command`, in the conversation's
+  order like typed ones, and are answered only to the asker (deferred when they wait).
 - `discord.api_base_url` / `discord.gateway_url` (API proxies) are applied before connecting.
 - A refused Message Content intent (close code 4014) stops start-up with what to switch on.
 """
@@ -61,6 +64,9 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 MAX_POST_UNITS = 1990  # Discord's limit is 2,000 (UTF-16 units); a little room for safety
 THREAD_CONTEXT_MESSAGES = 20
+# Discord drops an interaction not answered in 3 s: a slash command still waiting for its turn
+# in the conversation after this long is deferred ("thinking…") and answered as a follow-up.
+INTERACTION_DEADLINE = 2.0
 INTENT_HELP = (
     "Discord refused the Message Content intent (gateway close code 4014). Open the Discord "
     "Developer Portal (https://discord.com/developers/applications) -> your application -> "
@@ -363,38 +369,40 @@ class DiscordAdapter(Lifecycle):
                 ev = translate_message(message, self.identity, key)
                 if ev is None or ev.is_self:
                     return
-                if ev.key.thread and self.core.sessions.peek(ev.key) is None:
-                    await self._seed_thread(ev, message)
                 self.handled += 1
                 await self.core.handle(ev)
         except BaseException:
             self._seen.discard(message.id)
             raise
 
-    async def _seed_thread(self, msg: Message, message: discord.Message) -> None:
-        """A thread new to the bot: the message it was started from and the thread's earlier
-        messages become context for the model."""
-        channel = message.channel
+    async def history(self, key: ConversationKey, before: Message) -> list[Turn]:
+        """A thread new to the bot: the message it was started from and the thread's latest
+        messages before `before` become context for the model. The core calls this once, when
+        it makes the thread's session."""
+        before_id = before.message_id or ""
+        if key.thread is None or not key.thread.isdigit() or not before_id.isdigit():
+            return []
+        thread = self._target(key)
         earlier: dict[int, discord.Message] = {}
         try:
-            parent = getattr(channel, "parent", None)
-            if isinstance(channel, discord.Thread) and isinstance(parent, discord.TextChannel):
+            parent = self.client.get_channel(int(key.channel))
+            if isinstance(parent, discord.TextChannel):
                 with contextlib.suppress(discord.NotFound):
                     # A thread started from a message has that message's id (a forum post's
                     # first message is inside the thread and comes with its history).
-                    starter = await parent.fetch_message(channel.id)
+                    starter = await parent.fetch_message(int(key.thread))
                     earlier[starter.id] = starter
-            async for m in channel.history(limit=THREAD_CONTEXT_MESSAGES, before=message):
+            async for m in thread.history(limit=THREAD_CONTEXT_MESSAGES,
+                                          before=discord.Object(int(before_id))):
                 earlier[m.id] = m
         except (discord.Forbidden, discord.HTTPException) as e:
-            log.info("discord: thread context for %s unavailable (%s)", msg.key, e)
+            log.info("discord: thread context for %s unavailable (%s)", key, e)
         turns: list[Turn] = []
         for m in sorted(earlier.values(), key=lambda m: m.id)[-THREAD_CONTEXT_MESSAGES:]:
-            t = translate_message(m, self.identity, msg.key)
+            t = translate_message(m, self.identity, key)
             if t is not None:
                 turns.append(assistant(t.text) if t.is_self else user(t.author_name, t.text))
-        # Checked again (the fetches above awaited); nothing awaits between here and observe.
-        self.core.seed_context(msg.key, turns)
+        return turns
 
     async def _on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         msg = payload.message
@@ -458,8 +466,8 @@ class DiscordAdapter(Lifecycle):
             callback=chimein))
 
     async def _run_command(self, interaction: discord.Interaction, text: str) -> None:
-        """Slash commands go through the same platform-neutral commands as typed ones; the
-        answer is visible only to the person who asked."""
+        """Slash commands go through the core like typed ones (in the conversation's order);
+        the answer is visible only to the person who asked."""
         commands = self.core.commands
         if commands is None:
             await interaction.response.send_message(
@@ -472,13 +480,22 @@ class DiscordAdapter(Lifecycle):
         who = interaction.user
         msg = Message(key, str(who.id), who.display_name, text, message_id=str(interaction.id),
                       is_dm=channel is not None and is_dm(channel), mentions_bot=True)
+        task = asyncio.ensure_future(self.core.command(msg, text))
+        done, _ = await asyncio.wait({task}, timeout=INTERACTION_DEADLINE)
+        if not done:  # waiting its turn behind an answer: Discord wants a reply within 3 s
+            await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            answer = await commands.handle(msg, text)
+            answer = await task
         except Exception:
             log.exception("discord: command %r failed", text)
-            answer = "Sorry, that command failed on my side."
-        await interaction.response.send_message(
-            answer or f"Unknown command {text!r}; try /help.", ephemeral=True)
+            answer = None
+        if answer is None:  # the core's error boundary answers None for a failed command
+            answer = "Sorry, that command failed on my side." if commands.recognises(
+                msg, text) else f"Unknown command {text!r}; try /help."
+        if interaction.response.is_done():
+            await interaction.followup.send(answer, ephemeral=True)
+        else:
+            await interaction.response.send_message(answer, ephemeral=True)
 
     # -- delivery -------------------------------------------------------------------------
     def _target(self, key: ConversationKey) -> Any:

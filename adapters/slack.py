@@ -6,7 +6,7 @@ payloads; `SlackAdapter` wires them to bolt, resolves display names (users.info,
 the result to `core.handle`, and posts what the core sends back.
 
 - A thread is its own conversation (`ConversationKey(thread=thread_ts)`); when a thread is new to
-  the bot its earlier messages (the parent first) are given to the model as context.
+  the bot, the core asks `history` for its earlier messages (the parent first) as context.
 - Replies go to the thread the message was in; an answer to a mention in a channel goes into a
   thread under it when `slack.reply_in_thread` is on. Long replies are split under 4,000
   characters at paragraph / sentence boundaries.
@@ -548,8 +548,6 @@ class SlackAdapter(Lifecycle):
             self._recent.put((ev.key.channel, ev.message_id), ev)
             if ev.is_self:
                 return
-            if ev.key.thread and self.core.sessions.peek(ev.key) is None:
-                await self._seed_thread(ev)
         try:
             await self.core.handle(ev)
         except BaseException:
@@ -558,20 +556,20 @@ class SlackAdapter(Lifecycle):
             raise
         self.handled += 1
 
-    async def _seed_thread(self, msg: Message) -> None:
-        """A thread new to the bot: its earlier messages (the parent first) become context, so
-        "what about the second one?" in a thread means something."""
-        key = msg.key
+    async def history(self, key: ConversationKey, before: Message) -> list[Turn]:
+        """A thread new to the bot: its earlier messages (the parent first, then the latest
+        ones before `before`), so "what about the second one?" in a thread means something.
+        The core calls this once, when it makes the thread's session."""
         if key.thread is None:
-            return
+            return []
         earlier: list[Message] = []
         try:
             resp = await self.client.conversations_replies(channel=key.channel, ts=key.thread,
                                                            limit=100)
             listed = resp.get("messages")
             raw = [m for m in (listed if isinstance(listed, list) else [])
-                   if isinstance(m, Mapping) and _float_ts(m.get("ts")) < msg.ts
-                   and m.get("ts") != msg.message_id]
+                   if isinstance(m, Mapping) and _float_ts(m.get("ts")) < before.ts
+                   and m.get("ts") != before.message_id]
             raw = raw[:1] + raw[1:][-(THREAD_CONTEXT_MESSAGES - 1):]
             ids: set[str] = set()
             for m in raw:
@@ -587,12 +585,9 @@ class SlackAdapter(Lifecycle):
                      e.response.get("error"))
             parent = self._recent.get((key.channel, key.thread))
             earlier = [parent] if parent is not None else []
-        turns: list[Turn] = [assistant(m.text) if m.is_self else user(m.author_name, m.text)
-                             for m in earlier]
-        # No await between the check and the write: the core's worker for this key has no
-        # session yet, so nothing races with this.
-        self.core.seed_context(key, turns)
-        log.debug("slack: seeded %s with %d earlier message(s)", key, len(turns))
+        log.debug("slack: %d earlier message(s) for %s", len(earlier), key)
+        return [assistant(m.text) if m.is_self else user(m.author_name, m.text)
+                for m in earlier]
 
     # -- delivery -------------------------------------------------------------------------
     def thread_for(self, reply: Reply) -> str | None:

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from adapters.cli import main
-from adapters.console import replay_file, run_console
+from adapters.console import run_console
 from adapters.slack import SlackIdentity, translate_event
 from bot import config
 from bot.engine.fake import ScriptedEngine
 from bot.engine.transformers_backend import TransformersEngine
 from bot.message import ConversationKey, Deletion, Message
 from bot.render import strip_markers
+from bot.replay import replay_file
 from bot.store import Store
 from bot.wiring import build_core
 from tests.conftest import QueueAdapter

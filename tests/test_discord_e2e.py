@@ -266,3 +266,32 @@ async def test_slash_commands_reach_the_commands() -> None:
     assert first["data"]["flags"] == 64  # ephemeral: only the asker sees it
     assert second["data"]["content"] == "Unknown command 'logging on'; try /help."
     assert commands.calls[0][0].key == ConversationKey("discord", str(fake.general))
+
+
+async def test_slash_command_waits_its_turn_and_a_slow_one_is_deferred(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slash commands go through the core's queue, in the conversation's order; one not
+    answered in time is deferred and answered as a follow-up, still only to the asker. A
+    command that fails says so."""
+
+    class SlowCommands(RecordingCommands):
+        async def handle(self, msg: Any, text: str, announce: Any = None) -> str | None:
+            if text == "forget":
+                raise RuntimeError("disk on fire")
+            if text == "optin":
+                await asyncio.sleep(0.3)
+            return await super().handle(msg, text, announce)
+
+    monkeypatch.setattr("adapters.discord.INTERACTION_DEADLINE", 0.1)
+    async with FakeDiscord() as fake:
+        commands = SlowCommands()
+        e = make_env(fake, commands=commands, slash_commands=True)
+        async with e.core, e.adapter:
+            await fake.slash("ann", "optin")
+            await fake.slash("ann", "forget")  # behind optin in #general's queue
+            await fake.wait_for(lambda: len(fake.followups) == 2)
+    assert [c["type"] for c in fake.callbacks] == [5, 5]  # both deferred ("thinking…")
+    assert all(c["data"]["flags"] == 64 for c in fake.callbacks)  # ephemeral
+    assert [f["content"] for f in fake.followups] == [
+        "You're opted in.", "Sorry, that command failed on my side."]
+    assert all(f["flags"] == 64 for f in fake.followups)  # only the asker sees them

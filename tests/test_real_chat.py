@@ -10,12 +10,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-from adapters.console import replay_file
 from bot import config
 from bot.core import DecisionRecord
 from bot.engine.transformers_backend import TransformersEngine
 from bot.message import ConversationKey, Message, clean_text
 from bot.render import RESPONSE, SILENCE, strip_markers
+from bot.replay import replay_file
 from bot.store import Store
 from bot.wiring import build_core
 

@@ -131,7 +131,7 @@ def test_a_store_from_a_newer_chimein_is_an_error_not_a_traceback(
     async def scripted(settings: object) -> ScriptedEngine:
         return ScriptedEngine()
 
-    monkeypatch.setattr("adapters.console._load_engine", scripted)
+    monkeypatch.setattr("adapters.console.load_engine_async", scripted)
     assert main(["--config", str(cfg), "console", "--store", str(newer)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "newer chimein" in err and "Traceback" not in err

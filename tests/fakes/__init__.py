@@ -77,7 +77,10 @@ class RecordingCommands:
     def __init__(self) -> None:
         self.calls: list[tuple[Message, str]] = []
 
-    async def handle(self, msg: Message, text: str) -> str | None:
+    def recognises(self, msg: Message, text: str) -> bool:
+        return text.strip().lower() in self.ANSWERS
+
+    async def handle(self, msg: Message, text: str, announce: Any = None) -> str | None:
         self.calls.append((msg, text))
         return self.ANSWERS.get(text.strip().lower())
 

@@ -3,7 +3,8 @@
 It speaks the real protocols:
 - REST under `/api/v10` with `Authorization: Bot <token>`: /gateway, /gateway/bot, /users/@me,
   /oauth2/applications/@me, /channels/{id} and its /messages (create, history, one message),
-  /typing, application command sync and interaction callbacks. `rate_limit[route] = n` answers
+  /typing, application command sync, interaction callbacks and follow-ups
+  (/webhooks/{app}/{token}). `rate_limit[route] = n` answers
   the next n calls of a route (e.g. "POST /channels/{id}/messages") with HTTP 429 and a
   `retry_after`, as Discord's edge does (with a `Via` header: without one discord.py takes a
   429 for a Cloudflare ban);
@@ -108,6 +109,7 @@ class FakeDiscord(FakeServer):
         self.messages: dict[int, list[dict[str, Any]]] = {}
         self.typing: list[int] = []
         self.callbacks: list[dict[str, Any]] = []
+        self.followups: list[dict[str, Any]] = []
         self.synced_commands: list[dict[str, Any]] = []
         self.rest_calls: list[str] = []
         self.rate_limit: dict[str, int] = {}
@@ -453,9 +455,10 @@ class FakeDiscord(FakeServer):
         path = "/" + request.match_info["path"]
         route = f"{request.method} {path}"
         self.rest_calls.append(route)
-        # Interaction callbacks are authorised by the token in their URL, not the bot token.
+        # Interaction callbacks and follow-ups are authorised by the token in their URL, not
+        # the bot token.
         if request.headers.get("Authorization") != f"Bot {self.token}" and \
-                not path.startswith("/interactions/"):
+                not path.startswith(("/interactions/", "/webhooks/")):
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         generic = "/".join("{id}" if part.isdigit() else part for part in route.split("/"))
         if self.rate_limit.get(generic, 0) > 0:
@@ -516,6 +519,14 @@ class FakeDiscord(FakeServer):
                 return list(reversed(msgs))[:limit]  # newest first, as Discord returns them
             if len(parts) == 4 and parts[2] == "messages" and method == "GET":
                 return self._find(cid, int(parts[3])) or not_found
+        if parts[0] == "webhooks" and len(parts) == 3 and method == "POST":
+            # an interaction follow-up (after a deferred response)
+            self.followups.append({"interaction_token": parts[2], **(body or {})})
+            msg = self._message_payload(int(request.query.get("channel", self.general)), "bot",
+                                        str((body or {}).get("content") or ""))
+            msg["flags"] = int((body or {}).get("flags") or 0)
+            msg["webhook_id"] = parts[1]
+            return msg
         if parts[0] == "applications" and parts[2:] == ["commands"]:
             if method == "PUT":
                 self.synced_commands = [dict(c, id=str(snowflake()),
