@@ -1,8 +1,9 @@
 """A group chat in the terminal: `chimein console`.
 
-Type `alice: hi there`; the bot's answers appear as `assistant: ...`. `/who` lists who spoke,
-`/quit` (or end of input) leaves. A line without `name:` is said by the last speaker. Replaying
-JSONL conversations through the core is `bot.replay` (`chimein replay`).
+Type `alice: hi there`; the bot's answers appear as `assistant: ...`, written out as the model
+writes them (with `[generation] stream`, the default). `/who` lists who spoke, `/quit` (or end
+of input) leaves. A line without `name:` is said by the last speaker. Replaying JSONL
+conversations through the core is `bot.replay` (`chimein replay`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _LINE = re.compile(r"^\s*([^:：\s][^:：]{0,40}?)\s*[:：]\s?(.*)$", re.DOTALL)
 
 
 class ConsoleAdapter:
-    """Prints replies as `assistant: text`."""
+    """Prints replies as `assistant: text`; a streamed answer is written out as it comes."""
 
     platform = "console"
 
@@ -36,15 +37,59 @@ class ConsoleAdapter:
         self.name = name
         self.sent: list[Reply] = []
 
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()  # stdout may be a pipe: each piece shows when it is written
+
     async def send(self, reply: Reply) -> str | None:
         self.sent.append(reply)
-        self.out.write(f"{self.name}: {reply.text}\n")
-        self.out.flush()
+        self.write(f"{self.name}: {reply.text}\n")
         return f"console-{len(self.sent)}"
+
+    def open_stream(self, reply: Reply) -> ConsoleStream:
+        return ConsoleStream(self, reply)
 
     @contextlib.asynccontextmanager
     async def typing(self, key: ConversationKey) -> AsyncIterator[None]:
         yield
+
+
+class ConsoleStream:
+    """One answer written to the terminal as it comes (bot.stream.ReplyStream): `assistant: `,
+    then the new part of each update, then what is left and the end of the line. Written text
+    cannot be taken back; the core's updates only grow, so the line ends as the whole answer."""
+
+    def __init__(self, adapter: ConsoleAdapter, reply: Reply):
+        self._adapter = adapter
+        self._reply = reply
+        self._written: str | None = None  # None: the line is not started
+
+    async def update(self, text: str) -> None:
+        if self._written is None:
+            self._adapter.write(f"{self._adapter.name}: ")
+            self._written = ""
+        if text.startswith(self._written):
+            self._adapter.write(text[len(self._written):])
+            self._written = text
+
+    async def finish(self, text: str) -> str | None:
+        written = self._written
+        if written is not None and text.startswith(written):
+            self._adapter.write(text[len(written):] + "\n")
+            self._adapter.sent.append(Reply(self._reply.key, text, self._reply.in_reply_to,
+                                            self._reply.addressed))
+            return f"console-{len(self._adapter.sent)}"
+        if written is not None:  # cannot happen with the core's updates: the whole line again
+            self._adapter.write("\n")
+        return await self._adapter.send(Reply(self._reply.key, text, self._reply.in_reply_to,
+                                              self._reply.addressed))
+
+    async def abort(self, text: str | None) -> None:
+        if self._written is not None:
+            self._adapter.write(" …\n* (that answer broke off)\n")
+        if text:
+            await self._adapter.send(Reply(self._reply.key, text, self._reply.in_reply_to,
+                                           self._reply.addressed))
 
 
 def parse_console_line(line: str, last_speaker: str | None) -> tuple[str, str] | None:

@@ -12,11 +12,16 @@ own parsers), and `DiscordAdapter` hands them to `core.handle` and posts the cor
   messages; wake words are the core's business.
 - Replies are Discord replies to the triggering message, split under 2,000 characters, with
   mentions disabled except (for answers) the person asked; a typing indicator runs while the
-  answer is generated. Rate limits are handled by discord.py.
+  answer is generated. With `[generation] stream` an answer is posted as it is written and
+  edited as it grows (`open_stream`). Rate limits are handled by discord.py.
 - Slash commands (`discord.slash_commands`) go through `core.command`, in the conversation's
   order like typed ones, and are answered only to the asker (deferred when they wait).
 - `discord.api_base_url` / `discord.gateway_url` (API proxies) are applied before connecting.
 - A refused Message Content intent (close code 4014) stops start-up with what to switch on.
+
+Why one module of ~580 lines: it is all of one platform (translation tested on recorded
+payloads, gateway events, slash commands, delivery), read together when Discord changes; the
+platform-neutral part of streaming is adapters/streaming.py.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from adapters.common import (
     split_text,
     utf16_len,
 )
+from adapters.streaming import EditedStream
 from bot.config import BotSettings, DiscordSettings
 from bot.core import Core
 from bot.message import (
@@ -192,6 +198,46 @@ def translate_message(msg: discord.Message, ident: DiscordIdentity,
     )
 
 
+def _split(text: str) -> list[str]:
+    return split_text(text, MAX_POST_UNITS, measure=utf16_len)
+
+
+class _AnswerMessages:
+    """The messages of one answer (adapters.streaming.Messages): the first is a Discord reply
+    to the triggering message; none may ping anyone but (for an answer) the person asked."""
+
+    def __init__(self, adapter: DiscordAdapter, reply: Reply):
+        self._adapter = adapter
+        self._key = reply.key
+        self._target = adapter._target(reply.key)
+        self._ref = None
+        if reply.in_reply_to and reply.in_reply_to.isdigit():
+            self._ref = discord.MessageReference(message_id=int(reply.in_reply_to),
+                                                 channel_id=self._target.id,
+                                                 fail_if_not_exists=False)
+        # Never let model output ping @everyone, roles or people; an answer pings only the
+        # person it answers (through the reply itself).
+        self._mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
+                                                 replied_user=reply.addressed)
+        self._sent: dict[str, discord.Message] = {}
+
+    async def post(self, text: str, first: bool) -> str:
+        sent = await self._target.send(text, reference=self._ref if first else None,
+                                       allowed_mentions=self._mentions)
+        self._adapter._own.put(sent.id, self._key)
+        self._sent[str(sent.id)] = sent
+        return str(sent.id)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        self._sent[message_id] = await self._sent[message_id].edit(
+            content=text, allowed_mentions=self._mentions)
+
+    async def delete(self, message_id: str) -> None:
+        self._adapter._deleted.add(int(message_id))  # its MESSAGE_DELETE is no news
+        await self._sent[message_id].delete()
+        del self._sent[message_id]
+
+
 # -- the adapter ------------------------------------------------------------------------------
 class DiscordAdapter(Lifecycle):
     """Discord <-> core. `async with DiscordAdapter(...)` or `await start()` / `await close()`."""
@@ -223,6 +269,7 @@ class DiscordAdapter(Lifecycle):
         self._saved: tuple[str, yarl.URL] | None = None
         self._seen = SeenSet()
         self._own: LRU = LRU(5000)  # ids of the bot's posts -> conversation
+        self._deleted = SeenSet(1000)  # ids of partial answers the bot took down itself
         self._threads: LRU = LRU(5000)  # thread id -> parent id, for uncached channels
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
@@ -420,6 +467,8 @@ class DiscordAdapter(Lifecycle):
             await self.core.handle(Edit(key, str(msg.id), str(msg.author.id), ev.text))
 
     async def _on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if payload.message_id in self._deleted:
+            return  # a streamed answer's message the bot replaced: nothing the core knew
         channel = self.client.get_channel(payload.channel_id) or \
             self.client.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         async with self._lock(payload.channel_id):
@@ -505,22 +554,17 @@ class DiscordAdapter(Lifecycle):
     async def send(self, reply: Reply) -> str | None:
         """Post a reply as a Discord reply to the triggering message (split if long);
         returns the id of its first part."""
-        target = self._target(reply.key)
-        ref = None
-        if reply.in_reply_to and reply.in_reply_to.isdigit():
-            ref = discord.MessageReference(message_id=int(reply.in_reply_to),
-                                           channel_id=target.id, fail_if_not_exists=False)
-        # Never let model output ping @everyone, roles or people; an answer pings only the
-        # person it answers (through the reply itself).
-        mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
-                                           replied_user=reply.addressed)
+        out = _AnswerMessages(self, reply)
         first: str | None = None
-        for i, part in enumerate(split_text(reply.text, MAX_POST_UNITS, measure=utf16_len)):
-            sent = await target.send(part, reference=ref if i == 0 else None,
-                                     allowed_mentions=mentions)
-            first = first or str(sent.id)
-            self._own.put(sent.id, reply.key)
+        for part in _split(reply.text):
+            first = first or await out.post(part, first is None)
         return first
+
+    def open_stream(self, reply: Reply) -> EditedStream:
+        """The answer as it is written: its first part posted as the reply (like `send`), then
+        edited as it grows (at most every generation.stream_interval_ms), continued in a new
+        message past 2,000 characters. Rate limits are discord.py's business."""
+        return EditedStream(_AnswerMessages(self, reply), _split)
 
     @contextlib.asynccontextmanager
     async def typing(self, key: ConversationKey) -> AsyncIterator[None]:

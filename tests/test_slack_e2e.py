@@ -144,6 +144,7 @@ async def test_thread_is_its_own_conversation_with_its_parent_as_context(env: En
                         ("assistant", "assistant", "echo: assistant, what does 429 mean?")]
     assert seen[2] == ("user", "Bob", "assistant, and 503?")
     # The fake allows the AI-app status in threads: shown while answering, then cleared.
+    await env.settle()
     assert [s["status"] for s in env.fake.statuses] == [STATUS_TEXT, ""]
     assert env.fake.statuses[0]["thread_ts"] == parent
 
@@ -250,11 +251,15 @@ async def test_edits_deletions_and_reactions_reach_the_core(env: Env) -> None:
                                             ts=env.store.reactions[0].ts)]
 
 
-async def test_rate_limited_post_is_retried_by_the_sdk(env: Env) -> None:
-    env.fake.rate_limit["chat.postMessage"] = 1
-    await env.fake.user_says(GENERAL, ANN, "assistant, ping?")
+@pytest.mark.parametrize(("channel", "method"), [("D0ANNDM", "chat.postMessage"),
+                                                   (GENERAL, "chat.startStream")],
+                         ids=["post", "stream"])
+async def test_rate_limited_post_is_retried_by_the_sdk(env: Env, channel: str,
+                                                       method: str) -> None:
+    env.fake.rate_limit[method] = 1
+    await env.fake.user_says(channel, ANN, "assistant, ping?")
     await env.fake.wait_posts(1, timeout=10)
-    posted = [m for m, _ in env.fake.calls if m == "chat.postMessage"]
+    posted = [m for m, _ in env.fake.calls if m == method]
     assert len(posted) == 2 and len(env.fake.posts) == 1  # one 429, one success
 
 

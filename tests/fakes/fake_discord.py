@@ -2,12 +2,15 @@
 
 It speaks the real protocols:
 - REST under `/api/v10` with `Authorization: Bot <token>`: /gateway, /gateway/bot, /users/@me,
-  /oauth2/applications/@me, /channels/{id} and its /messages (create, history, one message),
-  /typing, application command sync, interaction callbacks and follow-ups
-  (/webhooks/{app}/{token}). `rate_limit[route] = n` answers
-  the next n calls of a route (e.g. "POST /channels/{id}/messages") with HTTP 429 and a
-  `retry_after`, as Discord's edge does (with a `Via` header: without one discord.py takes a
-  429 for a Cloudflare ban);
+  /oauth2/applications/@me, /channels/{id} and its /messages (create, history, one message,
+  edit with PATCH and delete, each echoed as MESSAGE_UPDATE / MESSAGE_DELETE), /typing,
+  application command sync, interaction callbacks and follow-ups (/webhooks/{app}/{token}).
+  `rate_limit[route] = n` answers the next n calls of a route (e.g. "POST
+  /channels/{id}/messages") with HTTP 429 and a `retry_after`, as Discord's edge does (with a
+  `Via` header: without one discord.py takes a 429 for a Cloudflare ban); `fail_nth(route, n)`
+  fails only the n-th call of a route from now (403 Missing Permissions by default);
+- `posts` holds every message the bot created as it is now (`content` follows its edits,
+  `deleted` is set when it is deleted); `shown` logs every text a reader could have seen;
 - the gateway websocket: HELLO, IDENTIFY -> READY + GUILD_CREATE, HEARTBEAT -> HEARTBEAT_ACK,
   RESUME -> the missed events replayed + RESUMED, an unknown session -> INVALID_SESSION, with
   `zlib-stream` transport compression when the client asks for it (one zlib context per
@@ -109,10 +112,14 @@ class FakeDiscord(FakeServer):
         self.messages: dict[int, list[dict[str, Any]]] = {}
         self.typing: list[int] = []
         self.callbacks: list[dict[str, Any]] = []
-        self.followups: list[dict[str, Any]] = []
         self.synced_commands: list[dict[str, Any]] = []
         self.rest_calls: list[str] = []
         self.rate_limit: dict[str, int] = {}
+        self.route_calls: dict[str, int] = {}
+        self._fail_at: dict[str, dict[int, int]] = {}  # route -> call number -> HTTP status
+        # (time, message id, content) each time a message's text changed ("" once deleted)
+        self.shown: list[tuple[float, str, str]] = []
+        self.followups: list[dict[str, Any]] = []
         self.identifies = 0
         self.resumes = 0
         self.heartbeats = 0
@@ -461,6 +468,12 @@ class FakeDiscord(FakeServer):
                 not path.startswith(("/interactions/", "/webhooks/")):
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         generic = "/".join("{id}" if part.isdigit() else part for part in route.split("/"))
+        n = self.route_calls[generic] = self.route_calls.get(generic, 0) + 1
+        status = self._fail_at.get(generic, {}).pop(n, None)
+        if status is not None:
+            return _json({"message": "Missing Permissions", "code": 50013} if status == 403
+                         else {"message": "Unknown Message", "code": 10008} if status == 404
+                         else {"message": "Bad Request", "code": 0}, status=status)
         if self.rate_limit.get(generic, 0) > 0:
             self.rate_limit[generic] -= 1
             return _json(
@@ -519,6 +532,10 @@ class FakeDiscord(FakeServer):
                 return list(reversed(msgs))[:limit]  # newest first, as Discord returns them
             if len(parts) == 4 and parts[2] == "messages" and method == "GET":
                 return self._find(cid, int(parts[3])) or not_found
+            if len(parts) == 4 and parts[2] == "messages" and method == "PATCH":
+                return await self._edit_message(cid, int(parts[3]), body)
+            if len(parts) == 4 and parts[2] == "messages" and method == "DELETE":
+                return await self._delete_message(cid, int(parts[3]))
         if parts[0] == "webhooks" and len(parts) == 3 and method == "POST":
             # an interaction follow-up (after a deferred response)
             self.followups.append({"interaction_token": parts[2], **(body or {})})
@@ -555,10 +572,55 @@ class FakeDiscord(FakeServer):
                                           "code": "BASE_TYPE_MAX_LENGTH",
                                           "message": "Must be 2000 or fewer in length."}]}}},
                                      status=400)
-        self.posts.append(dict(body, channel_id=cid))
         ref = body.get("message_reference")
         msg = self._message_payload(cid, "bot", content, reference=ref)
+        self.posts.append(dict(body, channel_id=cid, id=msg["id"]))
+        self.shown.append((time.monotonic(), msg["id"], content))
         self.messages.setdefault(cid, []).append(msg)
         if self._session is not None:
             await self.dispatch("MESSAGE_CREATE", msg)
         return msg
+
+    def fail_nth(self, route: str, n: int = 1, status: int = 403) -> None:
+        """The n-th call of `route` (e.g. "PATCH /channels/{id}/messages/{id}") from now fails
+        with `status` (403 Missing Permissions, 404 Unknown Message...)."""
+        self._fail_at.setdefault(route, {})[self.route_calls.get(route, 0) + n] = status
+
+    def live(self, channel_id: int | None = None) -> list[dict[str, Any]]:
+        """The bot's messages still there (not deleted), in the order they were made."""
+        return [p for p in self.posts if not p.get("deleted")
+                and (channel_id is None or p["channel_id"] == channel_id)]
+
+    async def _edit_message(self, cid: int, mid: int, body: dict[str, Any]) -> Any:
+        msg = self._find(cid, mid)
+        if msg is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if msg["author"]["id"] != self.bot_user["id"]:
+            return _json({"message": "Cannot edit a message authored by another user",
+                          "code": 50005}, status=403)
+        if "content" in body:
+            content = str(body.get("content") or "")
+            if not content or len(content) > 2000:
+                return _json({"message": "Invalid Form Body", "code": 50035}, status=400)
+            msg["content"] = content
+            for p in self.posts:
+                if p["id"] == msg["id"]:
+                    p["content"] = content
+            self.shown.append((time.monotonic(), msg["id"], content))
+        msg["edited_timestamp"] = _iso()
+        if self._session is not None:
+            await self.dispatch("MESSAGE_UPDATE", dict(msg))
+        return msg
+
+    async def _delete_message(self, cid: int, mid: int) -> Any:
+        msg = self._find(cid, mid)
+        if msg is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        self.messages[cid].remove(msg)
+        for p in self.posts:
+            if p["id"] == msg["id"]:
+                p["deleted"] = True
+        self.shown.append((time.monotonic(), msg["id"], ""))
+        if self._session is not None:
+            await self.delete(msg)
+        return None

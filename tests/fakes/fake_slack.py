@@ -2,9 +2,17 @@
 
 It speaks the real protocols, not a mock of the client:
 - the Web API over HTTP (`POST/GET /api/<method>`, bearer tokens, form or JSON bodies):
-  auth.test, apps.connections.open, chat.postMessage, users.info, conversations.info,
-  conversations.replies, reactions.add, assistant.threads.setStatus; `rate_limit[method] = n`
-  answers the next n calls with HTTP 429 + Retry-After, `fail[method] = "error"` with ok=false;
+  auth.test, apps.connections.open, chat.postMessage, chat.update, chat.delete, users.info,
+  conversations.info, conversations.replies, reactions.add, assistant.threads.setStatus, and
+  the native stream as slack_sdk calls it: chat.startStream (channel, thread_ts, recipient_user_id,
+  recipient_team_id, markdown_text or `markdown_text` chunks, never both), chat.appendStream and
+  chat.stopStream (channel, ts, the same text fields). `rate_limit[method] = n` answers the next n
+  calls with HTTP 429 + Retry-After, `fail[method] = "error"` with ok=false, `fail_nth(method, n)`
+  only the n-th call from now; `refuse_streaming = "method_not_supported"` (or any error)
+  refuses the three stream methods, as a workspace without them does;
+- `posts` holds every message the bot made (posted or streamed) as it is now: `text` follows
+  chat.update and the stream's appends, `deleted` is set by chat.delete; `shown` logs every text
+  a reader could have seen, with its time;
 - Socket Mode: apps.connections.open hands out a ws:// URL; the websocket says `hello`, carries
   `events_api` envelopes and takes the client's acknowledgements. An envelope not acknowledged
   when its connection drops is delivered again on the next connection with `retry_attempt`
@@ -70,6 +78,11 @@ class FakeSlack(FakeServer):
         self.envelopes_sent: list[dict[str, Any]] = []
         self.rate_limit: dict[str, int] = {}
         self.fail: dict[str, str] = {}
+        self.refuse_streaming: str | None = None
+        self._fail_at: dict[str, dict[int, str]] = {}  # method -> call number -> error
+        self.method_calls: dict[str, int] = {}
+        # (time, ts, text) each time a message's text changed: what a reader could have seen
+        self.shown: list[tuple[float, str, str]] = []
         self.connections = 0  # websocket connections accepted so far
         self._pending: dict[str, dict[str, Any]] = {}  # envelope_id -> envelope, not yet acked
         self._sockets: list[web.WebSocketResponse] = []
@@ -261,6 +274,7 @@ class FakeSlack(FakeServer):
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         token = token or str(args.pop("token", ""))
         self.calls.append((method, args))
+        n = self.method_calls[method] = self.method_calls.get(method, 0) + 1
         if self.rate_limit.get(method, 0) > 0:
             self.rate_limit[method] -= 1
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
@@ -270,6 +284,11 @@ class FakeSlack(FakeServer):
             return self._ok_false("invalid_auth" if token else "not_authed")
         if method in self.fail:
             return self._ok_false(self.fail[method])
+        if n in self._fail_at.get(method, {}):
+            return self._ok_false(self._fail_at[method].pop(n))
+        if self.refuse_streaming and method in ("chat.startStream", "chat.appendStream",
+                                                "chat.stopStream"):
+            return self._ok_false(self.refuse_streaming)
         handler = getattr(self, "api_" + method.replace(".", "_"), None)
         if handler is None:
             return self._ok_false("unknown_method")
@@ -278,6 +297,19 @@ class FakeSlack(FakeServer):
         if isinstance(result, str):
             return self._ok_false(result)
         return web.json_response({"ok": True, **result})
+
+    def fail_nth(self, method: str, n: int = 1, error: str = "internal_error") -> None:
+        """The n-th call of `method` from now answers ok=false with `error`."""
+        self._fail_at.setdefault(method, {})[self.method_calls.get(method, 0) + n] = error
+
+    def message(self, ts: str) -> dict[str, Any]:
+        """The bot's message `ts` as it is now (an entry of `posts`)."""
+        return next(p for p in self.posts if p["ts"] == ts)
+
+    def live(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """The bot's messages still there (not deleted), in the order they were made."""
+        return [p for p in self.posts
+                if not p.get("deleted") and (channel is None or p["channel"] == channel)]
 
     @staticmethod
     def _ok_false(error: str) -> web.Response:
@@ -295,13 +327,20 @@ class FakeSlack(FakeServer):
         channel = str(args.get("channel") or "")
         if not channel:
             return "channel_not_found"
-        text = str(args.get("text") or "")
+        text = str(args.get("text") or args.get("markdown_text") or "")
         if not text:
             return "no_text"
         if len(text) > 40_000:
             return "msg_too_long"
-        self.posts.append(dict(args))
+        return {"channel": channel, **await self._new_message(channel, text, args)}
+
+    async def _new_message(self, channel: str, text: str, args: dict[str, Any],
+                           **extra: Any) -> dict[str, Any]:
+        """A message by the bot: in `posts` (as it will be shown), in the channel's history,
+        and echoed back as a `message` event, as Slack does."""
         ts = self.next_ts()
+        self.posts.append(dict(args, text=text, ts=ts, **extra))
+        self.shown.append((time.monotonic(), ts, text))
         msg: dict[str, Any] = {"type": "message", "text": text,
                                "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
                                "app_id": APP, "team": TEAM,
@@ -314,7 +353,134 @@ class FakeSlack(FakeServer):
             ev = dict(msg, channel=channel, event_ts=ts,
                       channel_type="im" if channel.startswith("D") else "channel")
             await self.send_event(ev)
-        return {"channel": channel, "ts": ts, "message": msg}
+        return {"ts": ts, "message": msg}
+
+    def _own_message(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
+        """(the post, its history entry) of the bot's message `args["ts"]`, or the error."""
+        channel, ts = str(args.get("channel") or ""), str(args.get("ts") or "")
+        post = next((p for p in self.posts if p["ts"] == ts and p["channel"] == channel),
+                    None)
+        entry = next((m for m in self.history.get(channel, []) if m["ts"] == ts), None)
+        if post is None or entry is None or post.get("deleted"):
+            return "message_not_found"
+        return post, entry
+
+    async def _set_text(self, channel: str, post: dict[str, Any], entry: dict[str, Any],
+                        text: str, *, echo: bool) -> None:
+        previous = dict(entry)
+        post["text"] = entry["text"] = text
+        self.shown.append((time.monotonic(), post["ts"], text))
+        if echo and self.echo_own_messages:  # chat.update: Slack says message_changed
+            await self.send_event({
+                "type": "message", "subtype": "message_changed", "hidden": True,
+                "channel": channel, "ts": self.next_ts(), "event_ts": self.next_ts(),
+                "channel_type": "im" if channel.startswith("D") else "channel",
+                "message": dict(entry, edited={"user": self.bot_user_id, "ts": self.next_ts()}),
+                "previous_message": previous})
+
+    @staticmethod
+    def _stream_text(args: dict[str, Any]) -> str | None:
+        """The text of a stream call: `markdown_text`, or the `markdown_text` chunks the SDK's
+        chat_stream helper sends; None when both are given (Slack refuses that)."""
+        chunks = args.get("chunks")
+        if isinstance(chunks, str):  # a form-encoded call
+            chunks = json.loads(chunks)
+        if chunks and args.get("markdown_text"):
+            return None
+        if chunks:
+            return "".join(str(c.get("text") or "") for c in chunks
+                           if isinstance(c, dict) and c.get("type") == "markdown_text")
+        return str(args.get("markdown_text") or "")
+
+    async def api_chat_startStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        channel = str(args.get("channel") or "")
+        if not channel:
+            return "channel_not_found"
+        if not args.get("thread_ts"):
+            return "invalid_arguments"  # Slack's docs say optional; it is not in practice
+        # A bot token must name who the stream is for, in a DM too.
+        if not args.get("recipient_user_id"):
+            return "missing_recipient_user_id"
+        if not args.get("recipient_team_id"):
+            return "missing_recipient_team_id"
+        text = self._stream_text(args)
+        if text is None:
+            return "cannot_provide_both_markdown_text_and_chunks"
+        if len(text) > 12_000:
+            return "msg_too_long"
+        fields = {k: v for k, v in args.items() if k not in ("markdown_text", "chunks")}
+        return {"channel": channel, **await self._new_message(
+            channel, text, fields, stream=True, streaming=True)}
+
+    async def api_chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        found = self._own_message(args)
+        if isinstance(found, str):
+            return found
+        post, entry = found
+        if not post.get("streaming"):
+            return "message_not_in_streaming_state"
+        text = self._stream_text(args)
+        if text is None:
+            return "cannot_provide_both_markdown_text_and_chunks"
+        if not text:
+            return "no_text"
+        if len(text) > 12_000:
+            return "msg_too_long"
+        await self._set_text(post["channel"], post, entry, post["text"] + text, echo=False)
+        return {"channel": post["channel"], "ts": post["ts"]}
+
+    async def api_chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        found = self._own_message(args)
+        if isinstance(found, str):
+            return found
+        post, entry = found
+        if not post.get("streaming"):
+            return "message_not_in_streaming_state"
+        text = self._stream_text(args)
+        if text is None:
+            return "cannot_provide_both_markdown_text_and_chunks"
+        if len(text) > 12_000:
+            return "msg_too_long"
+        post["streaming"] = False
+        if text:
+            await self._set_text(post["channel"], post, entry, post["text"] + text,
+                                 echo=False)
+        return {"channel": post["channel"], "ts": post["ts"],
+                "message": dict(entry)}
+
+    async def api_chat_update(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        found = self._own_message(args)
+        if isinstance(found, str):
+            return "cant_update_message" if found == "message_not_found" and any(
+                m["ts"] == args.get("ts") for m in self.history.get(
+                    str(args.get("channel") or ""), [])) else found
+        post, entry = found
+        text = str(args.get("text") or args.get("markdown_text") or "")
+        if not text:
+            return "no_text"
+        if len(text) > 40_000:
+            return "msg_too_long"
+        await self._set_text(post["channel"], post, entry, text, echo=True)
+        return {"channel": post["channel"], "ts": post["ts"], "text": text}
+
+    async def api_chat_delete(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        found = self._own_message(args)
+        if isinstance(found, str):
+            return found
+        post, entry = found
+        post["deleted"] = True
+        post["streaming"] = False
+        channel = post["channel"]
+        self.history[channel].remove(entry)
+        self.shown.append((time.monotonic(), post["ts"], ""))
+        if self.echo_own_messages:
+            await self.send_event({
+                "type": "message", "subtype": "message_deleted", "hidden": True,
+                "channel": channel, "ts": self.next_ts(), "deleted_ts": post["ts"],
+                "event_ts": self.next_ts(),
+                "channel_type": "im" if channel.startswith("D") else "channel",
+                "previous_message": entry})
+        return {"channel": channel, "ts": post["ts"]}
 
     async def api_users_info(self, args: dict[str, Any]) -> dict[str, Any] | str:
         uid = str(args.get("user") or "")
