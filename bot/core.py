@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -129,6 +130,15 @@ class _NullTyping(contextlib.AbstractAsyncContextManager[None]):
 _NULL_LOCK = _NullTyping()
 
 
+def block_stop_signals() -> None:
+    """For a worker thread: SIGTERM/SIGINT stay blocked here, and in the threads the model's
+    runtime starts from here (OpenVINO's pool inherits the mask), so the kernel delivers a
+    stop to the main thread, whose handler turns it into a clean shutdown. A SIGTERM that
+    landed on an OpenVINO worker thread crashed the process (SIGSEGV) instead."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
 @dataclass(frozen=True)
 class _Command:
     """A command that came outside the chat (a slash command), queued in its conversation's
@@ -202,7 +212,8 @@ class Core:
     @staticmethod
     def _pool(engine: Engine) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=max(1, engine.max_concurrency),
-                                  thread_name_prefix="chimein-infer")
+                                  thread_name_prefix="chimein-infer",
+                                  initializer=block_stop_signals)
 
     def _model(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """The model's turn: exclusive for an in-process model, free for a server."""
@@ -362,14 +373,20 @@ class Core:
     async def _point(self, key: ConversationKey, session: Session, turns: list[Turn],
                      humans: list[Message], address: str | None) -> None:
         """One decision point; an error is logged here so the batch's later points (other
-        people's questions) still get their answers."""
+        people's questions) still get their answers. The history goes back to what it was
+        before this point (its messages stay in the store, unseen by the model), so a turn
+        the model cannot take never breaks every later answer in the conversation."""
+        before = list(session.turns)
         try:
             await self._decide(key, session, turns, humans, address)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.errors += 1
-            log.exception("error while deciding on %d message(s) in %s", len(humans), key)
+            session.turns = before
+            session.drop_cache()
+            log.exception("error while deciding on %d message(s) in %s (left out of the "
+                          "model's history)", len(humans), key)
 
     async def _catching_up(self, key: ConversationKey, behind: list[Message]) -> None:
         """Said once for a burst past the caps: who was not answered, rather than nobody."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -28,9 +29,15 @@ def quiet_libraries() -> None:
 async def load_engine_async(settings: Settings) -> Engine:
     """The engine of `model.backend`; loading takes seconds to minutes, so it runs on a worker
     thread and the event loop stays free (signals, platform heartbeats)."""
+    from bot.core import block_stop_signals
     from bot.engine import load_engine
 
-    return await asyncio.to_thread(load_engine, settings)
+    def load() -> Engine:
+        block_stop_signals()  # threads the runtime starts while loading inherit the mask
+        return load_engine(settings)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chimein-load") as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, load)
 
 
 class AdminHooks(Protocol):

@@ -76,13 +76,25 @@ async def test_both_platforms_in_one_process_then_a_clean_stop(
 
 
 async def test_sigterm_stops_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process-directed SIGTERM, as systemd or `docker stop` send it, to a bot process of
+    its own (run_all with the scripted engine): run_all's handler turns it into a stop."""
+    import json
+
     async with FakeSlack() as slack:
         tokens(monkeypatch, slack, None)
-        settings = parse(config(slack, None, tmp_path))
-        task = asyncio.create_task(run_all(settings, engine=ScriptedEngine()))
-        await slack.wait_connected(timeout=10)
-        os.kill(os.getpid(), signal.SIGTERM)  # run_all's handler turns it into a stop
-        assert await asyncio.wait_for(task, 15) == 0
+        cfg = json.dumps(config(slack, None, tmp_path))
+        code = ("import asyncio, json, sys; from adapters.run import run_all; "
+                "from bot.config import parse; from bot.engine.fake import ScriptedEngine; "
+                f"sys.exit(asyncio.run(run_all(parse(json.loads({cfg!r})), "
+                "engine=ScriptedEngine())))")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        await slack.wait_connected(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert b"SIGTERM: shutting down" in err
         await slack.wait_for(lambda: not slack._sockets)
 
 
