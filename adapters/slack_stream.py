@@ -146,7 +146,6 @@ class SlackStream:
                        and support.allowed(plain.channel))
         self._segments: list[_Segment] = []
         self._edited = EditedStream(plain, split)
-        self.calls = 0  # Slack calls of the native stream (the edited one counts its own)
 
     # -- ReplyStream ----------------------------------------------------------------------
     async def update(self, text: str) -> None:
@@ -212,7 +211,6 @@ class SlackStream:
     async def _start(self, text: str) -> _Segment:
         assert self._recipient is not None and self._plain.thread_ts is not None  # native
         user, team = self._recipient
-        self.calls += 1
         resp = await self._client.chat_startStream(
             channel=self._channel, thread_ts=self._plain.thread_ts,
             markdown_text=self._escape(text), recipient_user_id=user, recipient_team_id=team)
@@ -227,17 +225,14 @@ class SlackStream:
         if part.startswith(seg.text):
             more = self._escape(part[len(seg.text):])
             if complete:
-                self.calls += 1
                 await self._client.chat_stopStream(channel=self._channel, ts=seg.ts,
                                                    markdown_text=more or None)
                 seg.open = False
             elif more:
-                self.calls += 1
                 await self._client.chat_appendStream(channel=self._channel, ts=seg.ts,
                                                      markdown_text=more)
             seg.text = part
         elif complete:  # the split fell before the end of what was shown
-            self.calls += 2
             await self._client.chat_stopStream(channel=self._channel, ts=seg.ts)
             seg.open = False
             await self._client.chat_update(channel=self._channel, ts=seg.ts,
@@ -255,12 +250,10 @@ class SlackStream:
             seg = self._segments[i]
             if seg.open:
                 with contextlib.suppress(Exception):  # e.g. it expired: no longer streaming
-                    self.calls += 1
                     await self._client.chat_stopStream(channel=self._channel, ts=seg.ts)
                 seg.open = False
             if seg.text != parts[i]:
                 try:
-                    self.calls += 1
                     await self._client.chat_update(channel=self._channel, ts=seg.ts,
                                                    markdown_text=self._escape(parts[i]))
                 except Exception as e:  # noqa: BLE001 - deleted and posted anew below
@@ -273,16 +266,13 @@ class SlackStream:
         for seg in reversed(self._segments[i:]):
             if seg.open:
                 with contextlib.suppress(Exception):
-                    self.calls += 1
                     await self._client.chat_stopStream(channel=self._channel, ts=seg.ts)
             with contextlib.suppress(Exception):
-                self.calls += 1
                 await self._plain.delete(seg.ts)
         del self._segments[i:]
         markdown = SlackMessages(self._client, self._channel, self._plain.thread_ts,
                                  escape=self._escape, posted=self._plain.posted,
                                  deleted=self._plain.deleted, markdown=True)
         for part in parts[i:]:
-            self.calls += 1
             ts = await markdown.post(part)
             self._segments.append(_Segment(ts, part, open=False))

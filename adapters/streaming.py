@@ -44,11 +44,6 @@ class EditedStream:
         self._messages = messages
         self._split = split
         self._shown: list[tuple[str, str]] = []  # (message id, its text), in order
-        self.calls = 0  # platform calls made, for tests and benchmarks
-
-    @property
-    def message_ids(self) -> list[str]:
-        return [mid for mid, _ in self._shown]
 
     async def update(self, text: str) -> None:
         await self._show(self._split(text))
@@ -70,15 +65,12 @@ class EditedStream:
             if i < len(self._shown):
                 mid, text = self._shown[i]
                 if text != part:
-                    self.calls += 1
                     await self._messages.edit(mid, part)
                     self._shown[i] = (mid, part)
             else:
-                self.calls += 1
                 mid = await self._messages.post(part, not self._shown)
                 self._shown.append((mid, part))
         while len(self._shown) > len(parts):
-            self.calls += 1
             await self._messages.delete(self._shown[-1][0])
             self._shown.pop()
 
@@ -96,10 +88,8 @@ class EditedStream:
             i += 1
         for mid, _ in reversed(self._shown[i:]):
             with contextlib.suppress(Exception):
-                self.calls += 1
                 await self._messages.delete(mid)
         del self._shown[i:]
         for part in parts[i:]:
-            self.calls += 1
             mid = await self._messages.post(part, not self._shown)
             self._shown.append((mid, part))
