@@ -103,6 +103,9 @@ def answered(engine) -> tuple[Session, int]:  # type: ignore[no-untyped-def]
 def test_the_answer_stays_cached_and_the_next_decision_reuses_it(engine) -> None:  # type: ignore[no-untyped-def]
     s, header = answered(engine)
     assert len(s.ids) == s.cache.n > header  # the answer's tokens are in the state
+    # the marker was masked out, not cut: its slots are holes in the state
+    assert s.cache.slots == s.cache.n + len(engine.renderer.decision_input(CHAT[:1]).ids) \
+        - engine.renderer.decision_input(CHAT[:1]).marker_start
     ids = list(s.ids)
     # a rendering that extends the answer reuses all of it (the backend's prefill seam)
     assert engine.lm.prefill(s, ids + ids[:2], 1)
@@ -121,7 +124,11 @@ def test_the_answer_stays_cached_and_the_next_decision_reuses_it(engine) -> None
     assert nxt.fed_tokens <= len(s.ids) - header  # at least the (response) prefix is reused
 
 
-def test_a_diverged_cache_is_cropped_and_stays_exact(engine) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("holes_max", [0, 1000])
+def test_a_diverged_cache_is_cropped_and_stays_exact(engine, monkeypatch, holes_max) -> None:  # type: ignore[no-untyped-def]
+    from bot.engine import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "HOLES_MAX", holes_max)  # cut vs masked out
     s = Session(KEY)
     for t in CHAT[:3]:
         engine.decide(s, [t], threshold=0.0)
@@ -129,6 +136,29 @@ def test_a_diverged_cache_is_cropped_and_stays_exact(engine) -> None:  # type: i
     d = engine.decide(s, [CHAT[3]], threshold=0.0)
     assert d.recomputed and s.recomputes == 1
     assert close(d.p_silence, engine.score_silence(s.turns))
+    assert s.cache.n == len(s.ids) and (s.cache.slots > s.cache.n) == (holes_max > 0)
+
+
+def test_masked_holes_give_the_numbers_of_a_cut_cache(engine) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    ids = engine.renderer.decision_input(CHAT[:3]).ids
+    holed, cut = engine.model.conversation(), engine.model.conversation()
+    holed.feed(ids[:20] + ids[:5], 1)
+    holed.crop(20)  # five slots masked out
+    cut.feed(ids[:20], 1)
+    assert (holed.n, holed.slots, cut.slots) == (20, 25, 20)
+    a, b = holed.feed(ids[20:], 4), cut.feed(ids[20:], 4)
+    assert np.allclose(a, b, atol=1e-5) and holed.nbytes > cut.nbytes
+    # tokens fed to the request by someone else (the raw benchmark), adopted, then dropped
+    holed.request.infer({"input_ids": np.asarray([ids[:3]]), "attention_mask": np.ones(
+        (1, holed.slots + 3), dtype=np.int64), "position_ids": np.arange(
+        holed.n, holed.n + 3)[None], "beam_idx": np.zeros(1, dtype=np.int32),
+        "logits_to_keep": np.ones(1, dtype=np.int64)}, share_inputs=True)
+    holed.adopt(3)
+    holed.crop(holed.n - 3)
+    c, d = holed.feed(ids[:2], 2), cut.feed(ids[:2], 2)
+    assert np.allclose(c, d, atol=1e-5) and holed.slots == cut.slots + 8
 
 
 def test_logits_only_for_the_rows_asked(engine) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +234,7 @@ def test_a_non_stateful_ir_still_serves_with_a_warning(tiny_model_dir, ir_dir, t
     from training.export import to_openvino
 
     old = to_openvino(tiny_model_dir, tmp_path / "old", "fp32", stateful=False)
-    with caplog.at_level(logging.WARNING, logger="bot.engine.openvino_backend"):
+    with caplog.at_level(logging.WARNING, logger="bot.engine.openvino_ir"):
         eng = ov_engine(old)
     assert "non-stateful" in caplog.text
     new = ov_engine(ir_dir)

@@ -8,12 +8,16 @@
   the hidden states before the LM head (the decision needs the row before the marker and the
   marker rows; a generation step one row). A 1k-token prefill no longer materialises
   1k x vocab floats.
-- Cropping reads a conversation's state, keeps a region of it and sets it back (OpenVINO has no
-  trim of its own; openvino_genai does the same). It happens only when the model speaks (the
-  `(silence)` marker makes way for the answer) or when a cached prefix diverges. The answer's
-  tokens stay cached: the next decision keeps as much of them as the posted turn renders alike.
+- Cropping happens only when the model speaks (the `(silence)` marker makes way for the
+  answer) or a cached prefix diverges. A short tail (the marker; the end of an answer that the
+  posted turn renders differently) is not cut from the state but masked out: the attention mask
+  gives those slots zero weight and positions go on from the real token count, so the numbers
+  are exactly those of a cut cache, without touching the state. A long tail is cut by reading
+  the state, keeping a region and setting it back (OpenVINO has no trim of its own;
+  openvino_genai does the same). The answer's tokens stay cached: the next decision keeps as
+  many of them as the posted turn renders alike.
 - The session LRU (`runtime.max_sessions`, `max_kv_megabytes`) bounds it: a conversation
-  reports its state bytes (tokens x bytes per token of state), and dropping a session's cache
+  reports its state bytes (slots x bytes per token of state), and dropping a session's cache
   drops its InferRequest.
 - Weights in fp32 keep the state in fp32, so p_silence equals the transformers engine's on the
   same model; int8/int4 IRs keep the runtime's compressed state (u8 or f16), which is faster and
@@ -42,6 +46,14 @@ from typing import Any
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import EngineError, hub_offline
 from bot.engine.decision import DecisionEngine, Scored
+from bot.engine.openvino_ir import (
+    KEEP_INPUT,
+    compressed,
+    ensure_stateful,
+    export_in_memory,
+    keep_last_logits,
+    seq_axis,
+)
 from bot.engine.transformers_backend import _check_model_path
 from bot.message import Turn
 from bot.render import DecisionInput, Renderer, strip_markers
@@ -49,9 +61,8 @@ from bot.sessions import Session
 
 log = logging.getLogger(__name__)
 
-KEEP_INPUT = "logits_to_keep"
 CHUNK_TOKENS = 256  # a long suffix is fed in pieces: bounded activations, faster on CPU
-_COMPRESSED = ("u8", "i8", "u4", "i4", "nf4")  # weight types of an int8/int4 export
+HOLES_MAX = 256  # a dropped tail up to this long is masked out rather than cut (an answer's)
 
 
 class OVModel:
@@ -67,14 +78,14 @@ class OVModel:
             if need not in names:
                 raise EngineError(f"the OpenVINO model has no {need!r} input: not a causal LM "
                                   "exported by `chimein export --openvino`")
-        self.sliced = _keep_last_logits(model)
+        self.sliced = keep_last_logits(model)
         self.names = {n for i in model.inputs for n in i.get_names()}
         reads = [op for op in model.get_ops() if op.get_type_name() == "ReadValue"]
         if not reads:
             raise EngineError("the OpenVINO model is not stateful (its KV cache is not state): "
                               "load it with load_ov_model, which converts older exports")
-        self.seq_axis = _seq_axis(reads[0])
-        self.fp32_weights = not _compressed(model)
+        self.seq_axis = seq_axis(reads[0])
+        self.fp32_weights = not compressed(model)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
         if self.fp32_weights:  # exact state: the same p_silence as the transformers engine
             config["KV_CACHE_PRECISION"] = "f32"
@@ -83,40 +94,46 @@ class OVModel:
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         kv = self.compiled.get_property("KV_CACHE_PRECISION")
         self.kv_precision = str(kv.get_type_name() if hasattr(kv, "get_type_name") else kv)
-        per_token = 0
+        self.state_elements = 0  # per token, over all the state's variables
         for op in reads:
             dims = op.get_output_partial_shape(0)
-            n = 1
-            for i, d in enumerate(dims):
-                if i != self.seq_axis and d.is_static:
-                    n *= d.get_length()
-            per_token += n
-        self.bytes_per_token = per_token * max(1, kv.size if hasattr(kv, "size") else 4)
+            self.state_elements += math.prod(d.get_length() for i, d in enumerate(dims)
+                                             if i != self.seq_axis and d.is_static)
+        self.bytes_per_token = self.state_elements * max(1, kv.size if hasattr(kv, "size") else 4)
         self.beam = np.zeros(1, dtype=np.int32)
-        self._ones = np.ones((1, 0), dtype=np.int64)
-
-    def ones(self, n: int) -> Any:
-        if self._ones.shape[1] < n:
-            self._ones = self.np.ones((1, max(n, 2 * self._ones.shape[1])), dtype=self.np.int64)
-        return self._ones[:, :n]
 
     def conversation(self) -> OVConversation:
         return OVConversation(self)
 
 
 class OVConversation:
-    """One conversation's KV cache: an InferRequest of the shared compiled model, its state
-    holding `n` tokens. This is what `Session.cache` holds for the openvino backend."""
+    """One conversation's KV cache: an InferRequest of the shared compiled model. Its state has
+    `slots` positions: the `n` tokens of the session's ids, and holes (masked-out dropped tails,
+    see `crop`). This is what `Session.cache` holds for the openvino backend."""
 
     def __init__(self, model: OVModel):
         self.model = model
         self.request = model.compiled.create_infer_request()
         self.n = 0
+        self.slots = 0
+        self.set_slots = 0  # slots whose state was set from outside (by a cut): held as f32
+        self._mask = model.np.ones((1, 256), dtype=model.np.int64)  # 0 marks a hole
         self.answer_from: int | None = None  # where kept answer tokens begin (see generate)
 
     @property
     def nbytes(self) -> int:
-        return self.n * self.model.bytes_per_token
+        m = self.model
+        # OpenVINO keeps a state set from outside at the precision it was given (f32 from
+        # get_state), beside its own compressed copy: measured, about 4x an u8 state's bytes.
+        extra = 0 if m.kv_precision == "f32" else self.set_slots * m.state_elements * 4
+        return self.slots * m.bytes_per_token + extra
+
+    def adopt(self, n_new: int) -> None:
+        """Count `n_new` tokens that a caller fed to `request` itself (the raw-OpenVINO
+        benchmark runs on a conversation's own state; `crop` then drops them)."""
+        self._attention(n_new)
+        self.n += n_new
+        self.slots += n_new
 
     def get_seq_length(self) -> int:
         return self.n
@@ -137,11 +154,20 @@ class OVConversation:
             out = self._infer(np.asarray([ids[lo:hi]], dtype=np.int64), rows)
         return out
 
+    def _attention(self, n_new: int) -> Any:
+        np, end = self.model.np, self.slots + n_new
+        if self._mask.shape[1] < end:
+            grown = np.ones((1, max(end, 2 * self._mask.shape[1])), dtype=np.int64)
+            grown[:, : self.slots] = self._mask[:, : self.slots]
+            self._mask = grown
+        self._mask[:, self.slots:end] = 1
+        return self._mask[:, :end]
+
     def _infer(self, x: Any, keep: int) -> Any:
         m, np = self.model, self.model.np
         n_new = x.shape[1]
-        inputs = {"input_ids": x, "attention_mask": m.ones(self.n + n_new)}
-        if "position_ids" in m.names:
+        inputs = {"input_ids": x, "attention_mask": self._attention(n_new)}
+        if "position_ids" in m.names:  # positions count tokens, not holes
             inputs["position_ids"] = np.arange(self.n, self.n + n_new, dtype=np.int64)[None]
         if "beam_idx" in m.names:
             inputs["beam_idx"] = m.beam
@@ -153,11 +179,13 @@ class OVConversation:
             self.n = -1  # the state is undefined now: the owner must drop it
             raise
         self.n += n_new
+        self.slots += n_new
         logits = self.request.get_tensor("logits").data
         return np.array(logits[0, -keep:], dtype=np.float32)
 
     def crop(self, n: int) -> None:
-        """Keep the first `n` tokens of the state (read it, keep a region, set it back)."""
+        """Keep the first `n` tokens. A short dropped tail is masked out (no state is touched);
+        a long one is cut: the state is read, a region of it kept and set back."""
         import openvino as ov
 
         if n >= self.n:
@@ -165,15 +193,20 @@ class OVConversation:
         self.answer_from = None
         if n <= 0:
             self.request.reset_state()
-            self.n = 0
+            self.n = self.slots = self.set_slots = 0
+            return
+        cut = int(self.model.np.flatnonzero(self._mask[0, : self.slots])[n])  # token n's slot
+        if self.slots - cut <= HOLES_MAX and "position_ids" in self.model.names:
+            self._mask[:, cut:self.slots] = 0
+            self.n = n
             return
         axis = self.model.seq_axis
         for state in self.request.query_state():
             t = state.state
             end = list(t.shape)
-            end[axis] = n
+            end[axis] = cut
             state.state = ov.Tensor(t, ov.Coordinate([0] * len(end)), ov.Coordinate(end))
-        self.n = n
+        self.n, self.slots, self.set_slots = n, cut, cut
 
 
 class OVStateful:
@@ -317,80 +350,6 @@ class OVStateful:
         self.model = None
 
 
-def _keep_last_logits(model: Any) -> bool:
-    """Add a `logits_to_keep` input that slices the hidden states before the LM head's MatMul,
-    so a call computes logits only for the rows it reads. False where no LM head is found (the
-    model then returns every row and the caller takes the last ones)."""
-    import numpy as np
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    if KEEP_INPUT in {n for i in model.inputs for n in i.get_names()}:
-        return True
-    logits = [r for r in model.get_results() if "logits" in r.input_value(0).get_names()]
-    node = logits[0].input_value(0).get_node() if logits else None
-    for _ in range(4):  # the head may end in a Convert, a scale or a soft cap
-        if node is None or node.get_type_name() == "MatMul":
-            break
-        node = node.input_value(0).get_node()
-    if node is None or node.get_type_name() != "MatMul":
-        log.warning("no LM-head MatMul found before the logits: every row's logits are "
-                    "computed")
-        return False
-    keep = ops.parameter([1], ov.Type.i64, name=KEEP_INPUT)
-    keep.output(0).get_tensor().set_names({KEEP_INPUT})
-    hidden = node.input_value(0)
-    rows = ops.slice(hidden, ops.negative(keep),
-                     ops.constant(np.array([np.iinfo(np.int64).max], dtype=np.int64)),
-                     ops.constant(np.array([1], dtype=np.int64)),
-                     ops.constant(np.array([1], dtype=np.int64)))
-    node.input(0).replace_source_output(rows.output(0))
-    model.add_parameters([keep])
-    model.validate_nodes_and_infer_types()
-    return True
-
-
-def _seq_axis(read_value: Any) -> int:
-    """The state's sequence axis: where its initial shape is a static 0 ([?, heads, 0, dim])."""
-    if read_value.get_input_size():
-        for i, d in enumerate(read_value.get_input_partial_shape(0)):
-            if d.is_static and d.get_length() == 0:
-                return i
-    return 2
-
-
-def _compressed(model: Any) -> bool:
-    """Whether the weights are int8/int4 (large constants of a low-precision type)."""
-    for op in model.get_ops():
-        if op.get_type_name() == "Constant" and \
-                op.get_output_element_type(0).get_type_name() in _COMPRESSED:
-            shape = op.get_output_shape(0)
-            if math.prod(int(d) for d in shape) >= 4096:
-                return True
-    return False
-
-
-def _ensure_stateful(model: Any, path: str) -> None:
-    """A non-stateful IR is converted to stateful (warning); one with no KV cache is refused."""
-    if model.get_sinks():
-        return
-    names = {n for i in model.inputs for n in i.get_names()}
-    if not any("past_key_values" in n for n in names):
-        raise EngineError(f"the OpenVINO model in {path} has no KV cache (exported with "
-                          "use_cache=False): re-export it with `chimein export --openvino`")
-    log.warning("%s is a non-stateful OpenVINO export (KV cache as explicit inputs): it is "
-                "converted to stateful at load, without the fused attention of a native "
-                "stateful export; re-export it with `chimein export --openvino` for the fast "
-                "path", path)
-    from optimum.exporters.openvino.stateful import patch_stateful
-    from transformers import AutoConfig
-
-    patch_stateful(AutoConfig.from_pretrained(path, local_files_only=True), model)
-    if not model.get_sinks():
-        raise EngineError(f"could not convert the non-stateful OpenVINO model in {path} to "
-                          "stateful: re-export it with `chimein export --openvino`")
-
-
 def load_ov_model(model: ModelSettings) -> tuple[OVModel, Any]:
     """The compiled stateful model and its tokenizer, from an IR folder or (exported in memory)
     a transformers folder."""
@@ -414,9 +373,9 @@ def load_ov_model(model: ModelSettings) -> tuple[OVModel, Any]:
         tok = AutoTokenizer.from_pretrained(model.path, local_files_only=local_only)
         if xml.exists():
             ir = ov.Core().read_model(xml)
-            _ensure_stateful(ir, model.path)
+            ensure_stateful(ir, model.path)
         else:
-            ir = _export_in_memory(model.path, local_only)
+            ir = export_in_memory(model.path, local_only)
     except EngineError:
         raise
     except OSError as e:
@@ -427,28 +386,6 @@ def load_ov_model(model: ModelSettings) -> tuple[OVModel, Any]:
     threads = os.environ.get("OMP_NUM_THREADS")
     return OVModel(ir, threads=int(threads) if threads and threads.isdigit() else None), tok
 
-
-def _export_in_memory(path: str, local_only: bool) -> Any:
-    try:
-        from optimum.intel import OVModelForCausalLM
-    except ImportError as e:
-        raise EngineError("serving a transformers folder with the openvino backend needs "
-                          "optimum-intel (pip install 'chimein[openvino]'), or export it once "
-                          "with `chimein export --openvino`") from e
-    log.info("exporting %s to a stateful OpenVINO IR in memory (use `chimein export "
-             "--openvino` once to skip this at every start)", path)
-    # optimum warns that it could not look a local folder up on the hub: expected here
-    optimum_log = logging.getLogger("optimum")
-    level = optimum_log.level
-    if not log.isEnabledFor(logging.DEBUG):
-        optimum_log.setLevel(logging.ERROR)
-    try:
-        ov = OVModelForCausalLM.from_pretrained(path, export=True, stateful=True, use_cache=True,
-                                                compile=False, load_in_8bit=False,
-                                                local_files_only=local_only)
-    finally:
-        optimum_log.setLevel(level)
-    return ov.model
 
 
 class OpenVINOEngine(DecisionEngine):
