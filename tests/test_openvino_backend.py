@@ -270,3 +270,41 @@ def test_load_errors_are_one_clear_line(tiny_model_dir, tmp_path) -> None:  # ty
     with pytest.raises(EngineError, match="has no KV cache") as e:
         ov_engine(tmp_path / "nocache", gen)
     assert "\n" not in str(e.value)
+
+
+def resident_kb(path: Path) -> int:
+    """This process's resident KiB of mappings of `path` (Linux's /proc/self/smaps)."""
+    kb, inside, target = 0, False, str(path.resolve())
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                inside = line.rstrip().endswith(target)
+            elif inside and line.startswith("Rss:"):
+                kb += int(line.split()[1])
+    return kb
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc")
+def test_file_pages_are_handed_back_and_read_again_on_use(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import mmap
+
+    from bot.engine.openvino_ir import release_file_pages
+
+    data = bytes(range(256)) * 16384  # 4 MiB
+    (tmp_path / "w.bin").write_bytes(data)
+    with open(tmp_path / "w.bin", "rb") as f, \
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert mapped[:] == data and resident_kb(tmp_path / "w.bin") >= 4096
+        assert release_file_pages(tmp_path / "w.bin") >= len(data)
+        assert resident_kb(tmp_path / "w.bin") == 0
+        assert mapped[:] == data  # read again from the file, unchanged
+
+
+def test_loading_an_ir_hands_its_weight_pages_back(ir_dir, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.INFO, logger="bot.engine.openvino_backend"):
+        eng = ov_engine(ir_dir)
+    assert "own copy of the weights" in caplog.text
+    s = Session(KEY)  # warmed up and released, it still decides and answers
+    assert 0 < eng.decide(s, CHAT[:2], threshold=0.0, force=True).p_silence < 1
+    assert eng.respond(s)

@@ -5,8 +5,11 @@ transformers folder), made stateful if it is an older non-stateful export, and g
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 from bot.engine.base import EngineError
@@ -112,3 +115,29 @@ def export_in_memory(path: str, local_only: bool) -> Any:
     finally:
         optimum_log.setLevel(level)
     return ov.model
+
+
+def release_file_pages(path: Path) -> int:
+    """Drop this process's resident pages of read-only mappings of `path` (madvise
+    MADV_DONTNEED); returns the bytes advised. Safe for a file mapping that is never written:
+    a page read again comes back from the file. Linux only; elsewhere (or on any failure) a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        target = str(Path(path).resolve())
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        freed = 0
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or parts[5].strip() != target or "w" in parts[1]:
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if libc.madvise(lo, hi - lo, 4) == 0:  # 4: MADV_DONTNEED
+                    freed += hi - lo
+        return freed
+    except (OSError, AttributeError, ValueError) as e:
+        log.debug("could not hand back the pages of %s: %s", path, e)
+        return 0
