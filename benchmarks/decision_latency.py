@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"],
                    choices=("fp32", "int8", "int4"))
     p.add_argument("--history", type=int, nargs="+", default=[1024, 4096, 8192])
-    p.add_argument("--decisions", type=int, default=5, help="timed decisions per length")
+    p.add_argument("--decisions", type=int, default=6, help="timed decisions per length")
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--conversations", type=int, default=10)
     args = p.parse_args(argv)

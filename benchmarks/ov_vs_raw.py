@@ -13,8 +13,7 @@ Then one conversation grows through the lengths asked (`--history 1024 4096 8192
   alternates, `--decisions` times each; medians.
 - decode: ms per generated token, the engine's `respond` (the interval between its streamed
   texts: one forward, sampling, detokenizing) vs raw single-token `infer` + argmax on the same
-  request after the same speaking decision (raw first: the engine then decodes over that many
-  more masked slots, a bias against the engine).
+  request after the same speaking decision; two rounds, the order alternating.
 """
 
 from __future__ import annotations
@@ -139,28 +138,48 @@ def decisions(engine: Any, raw: Raw, session: Any, n: int, i: int) -> tuple[dict
             "raw_all_ms": [round(x) for x in raw_ms]}, i
 
 
-def decode(engine: Any, raw: Raw, session: Any, tokens: int, i: int) -> tuple[dict[str, Any], int]:
-    np = raw.np
-    engine.decide(session, [message(i)], threshold=0.0, force=True)
-    conv, tok, raw_steps = session.cache, session.ids[-1], []
+def raw_decode(raw: Raw, session: Any, tokens: int) -> list[float]:
+    """`tokens` raw single-token steps (infer + argmax) on the conversation's request; then
+    those tokens are masked out again, as the engine drops a short tail."""
+    np, conv = raw.np, session.cache
+    answer_from, tok, steps = conv.answer_from, session.ids[-1], []
     for _ in range(tokens):
         t = time.perf_counter()
-        logits = raw.infer(conv.request, [tok], conv.slots, conv.n, 1)
-        tok = int(np.argmax(logits[-1]))
-        raw_steps.append((time.perf_counter() - t) * 1000)
+        tok = int(np.argmax(raw.infer(conv.request, [tok], conv.slots, conv.n, 1)[-1]))
+        steps.append((time.perf_counter() - t) * 1000)
         conv.adopt(1)
     conv.crop(conv.n - tokens)
-    stamps: list[float] = []
-    t0 = time.perf_counter()
-    engine.respond(session, on_text=lambda _text: stamps.append(time.perf_counter()))
-    total = (time.perf_counter() - t0) * 1000
-    steps = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
-    if len(steps) < 2:
-        raise RuntimeError(f"the engine generated {len(stamps)} tokens: too few to time")
-    e, r = statistics.median(steps), statistics.median(raw_steps)
+    conv.answer_from = answer_from  # what the engine's answer left cached stays its own
+    return steps
+
+
+def decode(engine: Any, raw: Raw, session: Any, tokens: int, rounds: int,
+           i: int) -> tuple[dict[str, Any], int]:
+    """Per round a speaking decision, then raw steps and the engine's answer, in alternating
+    order (whichever goes second decodes over the other's tokens too)."""
+    eng_steps: list[float] = []
+    raw_steps: list[float] = []
+    generated, total = [], []
+    for k in range(rounds):
+        engine.decide(session, [message(i)], threshold=0.0, force=True)
+        i += 1
+        for engine_turn in ((k % 2 == 1), (k % 2 == 0)):
+            if not engine_turn:
+                raw_steps += raw_decode(raw, session, tokens)
+                continue
+            stamps: list[float] = []
+            t0 = time.perf_counter()
+            engine.respond(session, on_text=lambda _text, at=stamps: at.append(
+                time.perf_counter()))
+            total.append((time.perf_counter() - t0) * 1000)
+            if len(stamps) < 3:
+                raise RuntimeError(f"the engine generated {len(stamps)} tokens: too few to time")
+            eng_steps += [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
+            generated.append(len(stamps))
+    e, r = statistics.median(eng_steps), statistics.median(raw_steps)
     return {"engine_ms_per_token": round(e, 1), "raw_ms_per_token": round(r, 1),
-            "ratio": round(e / r, 3), "tokens": len(stamps),
-            "engine_respond_ms": round(total, 1)}, i + 1
+            "ratio": round(e / r, 3), "tokens": generated,
+            "engine_respond_ms": [round(x, 1) for x in total]}, i
 
 
 def run(ir: str, history: list[int], n_decisions: int, decode_tokens: int, conversations: int,
@@ -199,7 +218,7 @@ def run(ir: str, history: list[int], n_decisions: int, decode_tokens: int, conve
         point: dict[str, Any] = {"history_tokens": len(session.ids),
                                  "prefill_s": round(time.perf_counter() - t0, 1)}
         point["decision"], i = decisions(engine, raw, session, n_decisions, i)
-        point["decode"], i = decode(engine, raw, session, decode_tokens, i)
+        point["decode"], i = decode(engine, raw, session, decode_tokens, 2, i)
         point["rss"] = rss_mb()
         points.append(point)
         print(json.dumps(point), file=sys.stderr, flush=True)
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ir", required=True, help="an OpenVINO IR folder (with its tokenizer)")
     p.add_argument("--history", type=int, nargs="+", default=[1024, 4096, 8192])
-    p.add_argument("--decisions", type=int, default=5)
+    p.add_argument("--decisions", type=int, default=6)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--conversations", type=int, default=10)
     p.add_argument("--chunk", type=int, default=256, help="prefill chunk (the core's)")
