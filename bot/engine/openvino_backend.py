@@ -22,6 +22,8 @@
 - Weights in fp32 keep the state in fp32, so p_silence equals the transformers engine's on the
   same model; int8/int4 IRs keep the runtime's compressed state (u8 or f16), which is faster and
   smaller.
+- At load, two warm-up calls let the CPU plugin repack the weights into its own memory; then
+  the IR file's pages are handed back, so the weights are not resident twice.
 - An older non-stateful IR (KV cache as explicit inputs and outputs) is converted to stateful
   when it is loaded, with a warning: it lacks the fused attention of a native stateful export.
 
