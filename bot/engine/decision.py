@@ -18,10 +18,11 @@ answer function (bot.engine.fake).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.config import BotSettings
 from bot.engine.base import Decision
@@ -58,6 +59,31 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def decode(logits: Any, *, sample: Callable[[Any], int], step: Callable[[int], Any],
+           tokenizer: Any, end_of_turn: Sequence[int], max_new_tokens: int,
+           on_text: Callable[[str], None] | None) -> str:
+    """The answer loop of the in-process backends, over their own arrays (torch or numpy):
+    `logits` predict the first token; `sample` picks one; `step(token)` feeds it and returns
+    the next logits. No end of turn is allowed before the answer has content; `on_text` gets
+    the decoded text after every token. Returns the raw text (markers not yet stripped)."""
+    eot = list(end_of_turn)
+    generated: list[int] = []
+    text = ""
+    for n in range(max_new_tokens):
+        if not strip_markers(text):
+            logits[eot] = -math.inf
+        tok = sample(logits)
+        if tok in eot:
+            break
+        generated.append(tok)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if on_text is not None:
+            on_text(text)
+        if n + 1 < max_new_tokens:
+            logits = step(tok)
+    return text
 
 
 class DecisionEngine:

@@ -47,7 +47,7 @@ from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import EngineError, hub_offline
-from bot.engine.decision import DecisionEngine, Scored
+from bot.engine.decision import DecisionEngine, Scored, decode
 from bot.engine.openvino_ir import (
     KEEP_INPUT,
     compressed,
@@ -59,7 +59,7 @@ from bot.engine.openvino_ir import (
 )
 from bot.engine.transformers_backend import _check_model_path
 from bot.message import Turn
-from bot.render import DecisionInput, Renderer, strip_markers
+from bot.render import DecisionInput, Renderer
 from bot.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -323,21 +323,10 @@ class OVStateful:
         conv.crop(keep)
         session.ids = cached[:keep]
         logits = self._feed(session, d.ids[keep:d.marker_start] + list(d.response_ids), 1)[-1]
-        eot = list(self.renderer.end_of_turn_ids)
-        generated: list[int] = []
-        text = ""
-        for step in range(self.gen.max_new_tokens):
-            if not strip_markers(text):  # no end of turn before the answer has content
-                logits[eot] = -math.inf
-            tok = self._sample(logits)
-            if tok in eot:
-                break
-            generated.append(tok)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if on_text is not None:
-                on_text(text)
-            if step + 1 < self.gen.max_new_tokens:
-                logits = self._feed(session, [tok], 1)[-1]
+        text = decode(logits, sample=self._sample,
+                      step=lambda tok: self._feed(session, [tok], 1)[-1],
+                      tokenizer=self.tokenizer, end_of_turn=self.renderer.end_of_turn_ids,
+                      max_new_tokens=self.gen.max_new_tokens, on_text=on_text)
         # The answer's tokens stay cached: the next decision's prefix check keeps as many of
         # them as the posted turn renders the same, and trims the rest without a recompute.
         conv.answer_from = d.marker_start
@@ -409,7 +398,7 @@ class OpenVINOEngine(DecisionEngine):
     """The decision skeleton over a stateful OpenVINO model in this process (OVStateful)."""
 
     def __init__(self, model: OVModel, tokenizer: Any, *, generation: GenerationSettings,
-                 max_context_tokens: int = 2048, trim_to: float = 0.6, system_prompt: str = "",
+                 max_context_tokens: int = 2048, trim_to: float = 0.45, system_prompt: str = "",
                  fallback_answer: str = "", version: str = "unversioned"):
         renderer = Renderer(tokenizer, system_prompt)
         self.lm = OVStateful(model, tokenizer, renderer, generation=generation)

@@ -17,9 +17,9 @@ from typing import Any
 
 from bot.config import GenerationSettings, ModelSettings
 from bot.engine.base import EngineError, hub_offline
-from bot.engine.decision import DecisionEngine, Scored
+from bot.engine.decision import DecisionEngine, Scored, decode
 from bot.message import Turn
-from bot.render import DecisionInput, Renderer, strip_markers
+from bot.render import DecisionInput, Renderer
 from bot.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -206,28 +206,16 @@ class TorchLM:
         # Back to the assistant header: the marker is replaced by the forced (response) prefix.
         session.cache.crop(d.marker_start)
         session.ids = session.ids[: d.marker_start]
-        eot = set(self.renderer.end_of_turn_ids)
         logits = self.forward(session, d.response_ids, 1)[-1]
-        generated: list[int] = []
-        text = ""
         try:
-            for _ in range(self.gen.max_new_tokens):
-                if not strip_markers(text):
-                    for i in eot:  # no end of turn before the answer has content
-                        logits[i] = -math.inf
-                tok = self._sample(logits)
-                if tok in eot:
-                    break
-                generated.append(tok)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if on_text is not None:
-                    on_text(text)
-                logits = self.forward(session, [tok], 1)[-1]
+            return decode(logits, sample=self._sample,
+                          step=lambda tok: self.forward(session, [tok], 1)[-1],
+                          tokenizer=self.tokenizer, end_of_turn=self.renderer.end_of_turn_ids,
+                          max_new_tokens=self.gen.max_new_tokens, on_text=on_text)
         finally:
             # The cache goes back to the header; the next decision feeds the posted turn as the
             # template renders it, so what is cached is always what training would see.
             session.cache.crop(d.marker_start)
-        return text
 
     def _sample(self, logits: Any) -> int:
         torch = self.torch
