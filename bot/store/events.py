@@ -387,31 +387,6 @@ class Events:
 
         await self._writer.submit("record_bot_turn", op)
 
-    async def discard_message(self, key: ConversationKey, message_id: str | None) -> bool:
-        """Remove a stored message outright (a command addressed to the bot is not
-        conversation: the model never sees it, so training must not either)."""
-        if message_id is None:
-            return False
-
-        async def op(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(
-                "DELETE FROM messages WHERE role = 'user' AND platform_message_id = ? AND "
-                "conversation_id IN (SELECT id FROM conversations WHERE platform = ? AND "
-                "channel = ?)", (message_id, key.platform, key.channel))
-            if cur.rowcount > 0:
-                return True
-            # Written as a gap (its author had not opted in yet): gaps carry no id, but this
-            # process remembers which row it was.
-            cid = self._conversations.committed.get(key)
-            mem = self._recent.get(cid) if cid is not None else None
-            row = mem.rows.get(message_id) if mem is not None else None
-            if row is None:
-                return False
-            cur = await db.execute("DELETE FROM messages WHERE id = ? AND role = 'gap'", (row,))
-            return cur.rowcount > 0
-
-        return await self._writer.submit("discard_message", op)
-
     # -- model versions --------------------------------------------------------------------
     async def record_model_version(self, version: str, *, source: str | None = None,
                                    note: str | None = None) -> None:

@@ -222,10 +222,6 @@ class Store:
         for text in texts:
             self.privacy.remember(key, text)
 
-    async def discard_message(self, key: ConversationKey, message_id: str | None) -> bool:
-        """Remove a stored message outright: a command is not conversation (see Events)."""
-        return await self._events.discard_message(key, message_id)
-
     # -- consent, channels (bot.store.consent) ------------------------------------------------
     async def set_consent(self, platform: str, user_id: str, opted_in: bool) -> None:
         """`optin` / `optout` (see Consent)."""
