@@ -144,13 +144,21 @@ async def test_a_refused_intent_stops_with_the_portal_switch(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["transformers", "openvino"])
 async def test_chimein_run_subprocess_answers_and_exits_on_sigterm(
-        tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The real command line with a real (tiny) model: connect, answer, SIGTERM, exit 0."""
+        tmp_path: Path, tiny_model_dir: Path, backend: str) -> None:
+    """The real command line with a real (tiny) model: connect, answer, SIGTERM, exit 0. The
+    OpenVINO run serves an IR exported as `chimein export --openvino` writes it (its inference
+    requests live on the bot's worker thread when the stop arrives)."""
+    model = tiny_model_dir
+    if backend == "openvino":
+        from training.export import to_openvino
+
+        model = to_openvino(tiny_model_dir, tmp_path / "ir", "fp32")
     async with FakeSlack() as slack:
         cfg = tmp_path / "config.toml"
         cfg.write_text(
-            f'[model]\npath = "{tiny_model_dir}"\ndevice = "cpu"\n'
+            f'[model]\npath = "{model}"\nbackend = "{backend}"\ndevice = "cpu"\n'
             f'[generation]\nmax_new_tokens = 8\nseed = 0\n'
             f'[store]\npath = "{tmp_path / "store.sqlite3"}"\n'
             f'[slack]\nenabled = true\napi_base_url = "{slack.base_url}"\n', encoding="utf-8")
