@@ -8,7 +8,7 @@ Prints JSON. Run by hand; compare ratios within one run, never absolute times ac
 
 - openai: 10 conversations, one message each, through the real core and OpenAIEngine against
   a built-in fake OpenAI server that adds --delay s (0.3) to every request (no model runs
-  there). Wall time vs one request, at max_concurrency 1 (serial) and 10.
+  there). Wall time vs one request, at max_concurrency 1 (serial), 10, and the default.
 - stall: a local model (built here, or --model); conversation "cold" has a long history and
   no cache; "warm" sends a message every few ms. warm's decision latency while cold rebuilds,
   vs its median alone, with the rebuild in chunks (runtime.recompute_chunk_tokens) and whole.
@@ -90,7 +90,7 @@ async def _openai(args: argparse.Namespace, tok: Any) -> dict[str, Any]:
         for kind, text in (("silent", "hello there"), ("addressed", "assistant, hi?")):
             one = await run(1, 1, text, fake)  # silent: 1 request; addressed: decide + answer
             out[f"one_{kind}_message_s"] = round(one, 3)
-            for conc in (1, 10):
+            for conc in sorted({1, 10, OpenAISettings().max_concurrency}):
                 fake.max_in_flight = 0
                 wall = await run(10, conc, text, fake)
                 out[f"10_conversations_{kind}_concurrency{conc}"] = {

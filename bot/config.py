@@ -90,7 +90,7 @@ class OpenAISettings:
     timeout_seconds: float = _opt(60.0, lo=1, hi=3600)
     # Requests in flight at once (different conversations are decided concurrently), and
     # retries with exponential backoff on 429 / 5xx / connection errors.
-    max_concurrency: int = _opt(8, lo=1, hi=1024)
+    max_concurrency: int = _opt(16, lo=1, hi=1024)
     max_retries: int = _opt(3, lo=0, hi=20)
 
 
