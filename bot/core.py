@@ -281,8 +281,15 @@ class Core:
             try:
                 if isinstance(first, Message):  # before the model's turn: a platform fetch
                     await self._open_session(key, first)
+                while not q.empty():
+                    batch.append(q.get_nowait())
+                if not self._needs_model(batch):
+                    # commands, edits, reactions: answered now, not after another
+                    # channel's answer is written
+                    await self._process(key, batch)
+                    continue
                 async with self._model():
-                    while not q.empty():
+                    while not q.empty():  # what came while waiting joins the batch
                         batch.append(q.get_nowait())
                     await self._process(key, batch)
             except asyncio.CancelledError:
@@ -297,6 +304,12 @@ class Core:
                 for _ in batch:
                     q.task_done()
                 self._busy[key] = False
+
+    def _needs_model(self, batch: Sequence[Event | _Command]) -> bool:
+        """Whether a batch has anything for the model: a human's message that is not a
+        command, or another bot's (context). Commands answer from the store and the policy."""
+        return any(isinstance(ev, Message) and not ev.is_self
+                   and (ev.is_bot or self._command_text(ev) is None) for ev in batch)
 
     # -- processing ---------------------------------------------------------------------
     async def _process(self, key: ConversationKey,

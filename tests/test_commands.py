@@ -3,6 +3,7 @@ the console adapter): consent for everyone, settings for admins, never from bots
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import sqlite3
@@ -227,3 +228,31 @@ async def test_wake_word_then_a_command_is_a_command_without_punctuation(chat: C
     # not a command after the wake word, and no address: the scripted engine stays silent
     assert await chat.say("bob", "assistant status page is down again") is None
     assert await chat.say("bob", "assistant manager said hi") is None
+
+
+async def test_a_command_is_answered_while_the_model_writes_in_another_channel(
+        tmp_path: Path) -> None:
+    """A command needs no model: `help` in one channel is answered while the model is still
+    busy with an answer in another, not after it. A message that does need the model waits."""
+    s = settings(tmp_path)
+    async with Store.from_settings(s.store) as store:
+        engine = ScriptedEngine(script=lambda turns: 0.0, delay=0.6, word_delay=0.2)
+        core = build_core(s, engine=engine, store=store)
+        adapter = QueueAdapter()
+        core.add_adapter(adapter)
+        other = ConversationKey("test", "random")
+        async with core:
+            await core.handle(Message(other, "bob", "Bob", "assistant, a long question?",
+                                      message_id="o1"))
+            while not any(c[0] == "decide" for c in engine.calls):
+                await asyncio.sleep(0.01)  # the model is now busy in #random
+            await core.handle(Message(K, "ann", "Ann", "@assistant help", message_id="h1"))
+            async with asyncio.timeout(10):
+                while not adapter.sent:
+                    await asyncio.sleep(0.01)
+            first = adapter.sent[0]
+            assert (first.key, first.in_reply_to) == (K, "h1") and "optin" in first.text
+            await core.handle(Message(K, "cy", "Cy", "assistant, and mine?", message_id="q1"))
+            await core.flush()
+    order = [(r.key.channel, r.in_reply_to) for r in adapter.sent]
+    assert order == [("general", "h1"), ("random", "o1"), ("general", "q1")], order
