@@ -184,6 +184,7 @@ class Core:
         self._closed = False
         self.errors = 0
         self._typical_decide_ms: float | None = None  # running average of decide()
+        self._prefill_ms_per_token: float | None = None  # running average of rebuild chunks
         # A decision and its answer must run on the same engine: a model swap waits until no
         # decision is between decide() and respond(), and holds new ones back meanwhile.
         self._gate = asyncio.Condition()
@@ -483,15 +484,17 @@ class Core:
         served), so one long recompute never stalls every channel. A chunk is sized to cost
         about one typical decision (measured as it goes), at most recompute_chunk_tokens:
         a conversation waiting behind it then waits about one decision more."""
-        chunk = self.runtime.recompute_chunk_tokens
+        limit = self.runtime.recompute_chunk_tokens
         while self.engine.max_concurrency <= 1:
+            # sized from the rate the last chunks ran at (a small first probe until then)
+            rate, typical = self._prefill_ms_per_token, self._typical_decide_ms
+            chunk = min(limit, 32) if rate is None else limit if typical is None else \
+                max(16, min(limit, int(0.5 * typical / rate)))
             t0 = time.perf_counter()
             if not await self._run(self.engine.prefill, session, new_turns, chunk):
                 break
-            ms_per_token = (time.perf_counter() - t0) * 1000 / chunk
-            if self._typical_decide_ms is not None:
-                chunk = max(16, min(self.runtime.recompute_chunk_tokens,
-                                    int(0.5 * self._typical_decide_ms / ms_per_token)))
+            ms = (time.perf_counter() - t0) * 1000 / chunk
+            self._prefill_ms_per_token = ms if rate is None else 0.7 * rate + 0.3 * ms
             if self._model_turn.locked():
                 self._model_turn.release()
                 try:
