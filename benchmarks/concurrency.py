@@ -110,12 +110,14 @@ async def _stall(args: argparse.Namespace, path: str) -> dict[str, Any]:
                                   "waiting on review, any news from the release team?")
                              for i in range(args.history_messages)])
     out: dict[str, Any] = {}
-    for label, chunk in (("chunked", args.chunk), ("whole", 10**9)):
+    for label, chunk in (("chunked", args.chunk), ("whole", None)):
         out[label] = await _stall_once(lm, tok, history, chunk)
     return out
 
 
-async def _stall_once(lm: Any, tok: Any, history: list[Any], chunk: int) -> dict[str, Any]:
+async def _stall_once(lm: Any, tok: Any, history: list[Any],
+                      chunk: int | None) -> dict[str, Any]:
+    """chunk None: the rebuild as it was before chunking, one forward inside the decision."""
     from bot.config import GenerationSettings, PolicySettings, RuntimeSettings
     from bot.core import Core, DecisionRecord
     from bot.engine.transformers_backend import TransformersEngine
@@ -124,8 +126,14 @@ async def _stall_once(lm: Any, tok: Any, history: list[Any], chunk: int) -> dict
 
     eng = TransformersEngine(lm, tok, generation=GenerationSettings(max_new_tokens=8),
                              max_context_tokens=32768)
-    core = Core(eng, Policy(PolicySettings(), ["assistant"]),
-                runtime=RuntimeSettings(recompute_chunk_tokens=chunk))
+    # threshold 0: the random model never speaks, so a latency is a decision, never an answer
+    core = Core(eng, Policy(PolicySettings(threshold=0.0), ["assistant"]),
+                runtime=RuntimeSettings(recompute_chunk_tokens=chunk or 256))
+    if chunk is None:
+        async def whole(*_: Any) -> None:
+            return None  # no chunks ahead: decide() feeds the whole history at once
+
+        core._prefill = whole  # type: ignore[method-assign]
     core.add_adapter(_Sink())
     decided: dict[str, float] = {}  # message id -> when its decision was recorded
 
@@ -134,19 +142,28 @@ async def _stall_once(lm: Any, tok: Any, history: list[Any], chunk: int) -> dict
             decided[m.message_id or ""] = time.perf_counter()
 
     core.listeners.append(on)
-    warm, cold = ConversationKey("b", "warm"), ConversationKey("b", "cold")
+    # The other channels: eight warm conversations taking turns, so that none of their
+    # histories grows much while the cold one rebuilds (a decision costs more on a longer
+    # history: one warm conversation alone went from 16 to 48 ms over the run, which would
+    # hide the stall). Their median alone is taken before and after the rebuild.
+    warm = [ConversationKey("b", f"warm{w}") for w in range(8)]
+    cold = ConversationKey("b", "cold")
 
     async def ask(i: int) -> float:
-        """One message to warm, from arrival to its decision (waiting included)."""
+        """One message to a warm conversation, from arrival to its decision (waiting
+        included)."""
         mid = f"w{i}"
         t0 = time.perf_counter()
-        await core.handle(Message(warm, "bob", "Bob", f"short one {i}", message_id=mid))
+        await core.handle(Message(warm[i % len(warm)], "bob", "Bob", f"short one {i}",
+                                  message_id=mid))
         while mid not in decided:
             await asyncio.sleep(0.001)
         return (decided[mid] - t0) * 1000
 
     async with core:
-        alone = statistics.median([await ask(i) for i in range(20)])
+        for i in range(len(warm)):  # their first decision builds each cache
+            await ask(i)
+        before = [await ask(i) for i in range(8, 32)]
         core.sessions.get(cold).turns = list(history)
         n_tokens = len(eng.renderer.decision_input(history[:-1]).ids)
         t_start = time.perf_counter()
@@ -157,10 +174,14 @@ async def _stall_once(lm: Any, tok: Any, history: list[Any], chunk: int) -> dict
             await asyncio.sleep(random.uniform(0.0, 0.05))  # arrivals at any phase
             during.append(await ask(i))
             i += 1
+        after = [await ask(i + k) for k in range(24)]
         await core.flush()
+    alone = statistics.median(before + after)
     return {"cold_history_tokens": n_tokens,
             "cold_decision_s": round(decided["cold"] - t_start, 3),
             "warm_median_alone_ms": round(alone, 1),
+            "warm_median_before_after_ms": [round(statistics.median(before), 1),
+                                            round(statistics.median(after), 1)],
             "warm_max_during_rebuild_ms": round(max(during), 1),
             "warm_median_during_rebuild_ms": round(statistics.median(during), 1),
             "x_median": round(statistics.median(during) / alone, 2),
