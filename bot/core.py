@@ -482,8 +482,9 @@ class Core:
         """A cold cache (overflow, eviction, a new thread) is rebuilt in chunks; between
         chunks the model goes to the conversations waiting for it (first come, first
         served), so one long recompute never stalls every channel. A chunk is sized to cost
-        about one typical decision (measured as it goes), at most recompute_chunk_tokens:
-        a conversation waiting behind it then waits about one decision more."""
+        about half a typical decision (from the rate earlier chunks ran at; a 32-token probe
+        first), at most recompute_chunk_tokens: a conversation that arrives during a chunk
+        waits a quarter of a decision more, on average."""
         limit = self.runtime.recompute_chunk_tokens
         while self.engine.max_concurrency <= 1:
             # sized from the rate the last chunks ran at (a small first probe until then)
