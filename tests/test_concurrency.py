@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +30,9 @@ from bot.message import ConversationKey, Message, user
 from bot.policy import Policy
 from bot.render import with_silences
 from bot.sessions import Session
-from tests.conftest import QueueAdapter
+from tests.conftest import ROOT, QueueAdapter
 from tests.fakes.fake_openai import FakeCompletions
+from tests.fakes.fake_slack import FakeSlack
 
 GEN = GenerationSettings(max_new_tokens=8, temperature=0.0)
 
@@ -143,3 +148,49 @@ async def test_another_conversation_decides_between_rebuild_chunks(tiny_lm, tiny
     first_warm = order.index("decide:warm")
     assert "prefill:cold:1" in order[:first_warm]  # the rebuild had begun...
     assert order.index("decide:cold") > first_warm  # ...and warm did not wait for its end
+
+
+@pytest.mark.slow
+async def test_chimein_run_with_the_openai_backend_answers_ten_channels_at_once(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The real command line, `backend = "openai"`, against the fake Slack and a fake
+    completions server that takes 300 ms a request: ten people asking in ten channels at once
+    are all answered, in their own channels, with the requests in flight together (the
+    default max_concurrency), not one after another."""
+    with FakeCompletions(delay=0.3, answer="429 is Too Many Requests") as fake:
+        async with FakeSlack() as slack:
+            cfg = tmp_path / "config.toml"
+            cfg.write_text(
+                f'[model]\npath = "{tiny_model_dir}"\nbackend = "openai"\n'
+                f'[openai]\nbase_url = "{fake.base_url}"\nmodel = "fake"\n'
+                f'[generation]\nmax_new_tokens = 8\n'
+                f'[store]\npath = "{tmp_path / "store.sqlite3"}"\n'
+                f'[slack]\nenabled = true\napi_base_url = "{slack.base_url}"\n',
+                encoding="utf-8")
+            env = dict(os.environ, SLACK_BOT_TOKEN=slack.bot_token,
+                       SLACK_APP_TOKEN=slack.app_token, HF_HUB_OFFLINE="1",
+                       OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "adapters.cli", "--config", str(cfg), "run", cwd=ROOT,
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                await slack.wait_connected(timeout=90)
+                asked = {}
+                for i in range(10):
+                    channel = f"C0CHAN{i}"
+                    asked[channel] = await slack.user_says(channel, f"U0P{i}",
+                                                           f"assistant, what is 429? ({i})")
+                posts = await slack.wait_posts(10, timeout=60)
+                proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    answers = {p["channel"]: p for p in posts}
+    assert sorted(answers) == sorted(asked)  # one answer in each channel
+    for channel, p in answers.items():
+        assert p["text"] == "429 is Too Many Requests"
+        assert p.get("thread_ts") in (None, asked[channel])  # under its question, if threaded
+    assert fake.max_in_flight >= 5, fake.max_in_flight  # served together, not in turn
