@@ -21,6 +21,10 @@ from typing import Literal
 # other than newline and tab (NUL, ESC, DEL...), and lone UTF-16 surrogates (undecodable bytes
 # read with surrogateescape, a JSON "\ud800"), which are not valid Unicode at all.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Terminal escape sequences pasted from a coloured log (`ESC[31m`, a title `ESC]0;...BEL`):
+# removed whole, not just their ESC, which would leave "[31m" in the text.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]"
+                      r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
@@ -39,6 +43,8 @@ def clean_text(text: object) -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _SURROGATE.search(text):
         text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if "\x1b" in text or "\x9b" in text:
+        text = _ESCAPES.sub("", text)
     return _CONTROLS.sub("", text)
 
 

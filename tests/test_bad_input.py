@@ -19,7 +19,7 @@ from adapters.slack import SlackIdentity, translate_event
 from bot import config
 from bot.engine.fake import ScriptedEngine
 from bot.engine.transformers_backend import TransformersEngine
-from bot.message import ConversationKey, Deletion, Message
+from bot.message import ConversationKey, Deletion, Message, clean_text
 from bot.render import strip_markers
 from bot.replay import replay_file
 from bot.store import Store
@@ -158,7 +158,21 @@ async def test_mention_mode_keeps_answering_after_an_undecodable_byte(
                           "text": "x \ud800 \x00\x1b[1m y\r\n"},
                          SlackIdentity("U0BOT"), {"U1": "\udcffeve"})
     assert isinstance(ev, Message)
-    assert (ev.author_name, ev.text) == ("\ufffdeve", "x \ufffd [1m y\n")
+    assert (ev.author_name, ev.text) == ("\ufffdeve", "x \ufffd  y\n")
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("\x1b[31mERROR\x1b[0m: build failed", "ERROR: build failed"),  # a coloured log line
+    ("\x1b[38;5;196mX\x1b[m and \x9b1mY", "X and Y"),  # 256 colours; the 8-bit CSI
+    ("\x1b]0;a title\x07after", "after"),  # a terminal title
+    ("\x1b]8;;https://x.y\x1b\\link\x1b]8;;\x1b\\ done", "link done"),  # a hyperlink
+    ("\x1b]no terminator, all kept", "no terminator, all kept"),  # the text stays
+    ("a lone \x1b and [31m typed by hand", "a lone  and [31m typed by hand"),
+])
+def test_terminal_escapes_are_removed_whole(raw: str, clean: str) -> None:
+    """A message pasted from a coloured terminal keeps its text and loses the whole escape
+    sequence, not just its ESC (which left "[31m" behind)."""
+    assert clean_text(raw) == clean
 
 
 # -- 5. Slack payloads of an unexpected shape -----------------------------------------------
