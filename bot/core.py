@@ -12,7 +12,7 @@ messages still in order. An exception at one decision point is logged (and an ad
 message answered with a short apology); the batch's other points and the other conversations
 go on.
 
-Why one module of ~550 lines: the runtime is one state machine (queues, the model's turn, the
+Why one module of ~650 lines: the runtime is one state machine (queues, the model's turn, the
 swap gate, decision points, streaming); the Protocols of its seams are here because the core
 is what they are written for.
 """
