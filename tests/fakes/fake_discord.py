@@ -20,8 +20,9 @@ It speaks the real protocols:
 
 Messages the bot creates are echoed back as MESSAGE_CREATE, as Discord does.
 
-Why one module of ~620 lines: one platform's fake server (REST routes, the zlib-stream gateway with its heartbeats and resumes, interactions) is one
-protocol that tests drive through one object; split, every test would import the parts.
+Why one module of ~620 lines: one platform's fake server (REST routes, the zlib-stream gateway
+with its heartbeats and resumes, interactions) is one protocol that tests drive through one
+object; split, every test would import the parts.
 """
 
 from __future__ import annotations

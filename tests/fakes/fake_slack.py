@@ -23,8 +23,9 @@ It speaks the real protocols, not a mock of the client:
 
 Messages the bot posts are echoed back as `message` events, as Slack does.
 
-Why one module of ~520 lines: one platform's fake server (the Web API methods, Socket Mode, the signed Events API) is one
-protocol that tests drive through one object; split, every test would import the parts.
+Why one module of ~520 lines: one platform's fake server (the Web API methods, Socket Mode, the
+signed Events API) is one protocol that tests drive through one object; split, every test would
+import the parts.
 """
 
 from __future__ import annotations
