@@ -8,12 +8,41 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import asyncio
 import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def chimein_run(config: Path, secrets: dict[str, str],
+                      *flags: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`chimein run` as a person starts it: the real command line in a process of its own,
+    with `secrets` (tokens) in its environment; killed if the test leaves it running."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               **secrets)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adapters.cli", *flags, "--config", str(config), "run", cwd=ROOT,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def sigterm(proc: asyncio.subprocess.Process) -> str:
+    """Stop a `chimein_run` process as systemd does; its log (stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    return err.decode()
 
 CORPUS = [
     "Ann: hello there, how is the deploy going?",

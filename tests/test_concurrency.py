@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from bot.message import ConversationKey, Message, user
 from bot.policy import Policy
 from bot.render import with_silences
 from bot.sessions import Session
-from tests.conftest import ROOT, QueueAdapter
+from tests.conftest import QueueAdapter, chimein_run, sigterm
 from tests.fakes.fake_openai import FakeCompletions
 from tests.fakes.fake_slack import FakeSlack
 
@@ -167,13 +164,8 @@ async def test_chimein_run_with_the_openai_backend_answers_ten_channels_at_once(
                 f'[store]\npath = "{tmp_path / "store.sqlite3"}"\n'
                 f'[slack]\nenabled = true\napi_base_url = "{slack.base_url}"\n',
                 encoding="utf-8")
-            env = dict(os.environ, SLACK_BOT_TOKEN=slack.bot_token,
-                       SLACK_APP_TOKEN=slack.app_token, HF_HUB_OFFLINE="1",
-                       OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "adapters.cli", "--config", str(cfg), "run", cwd=ROOT,
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            try:
+            secrets = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token}
+            async with chimein_run(cfg, secrets) as proc:
                 await slack.wait_connected(timeout=90)
                 asked = {}
                 for i in range(10):
@@ -181,13 +173,8 @@ async def test_chimein_run_with_the_openai_backend_answers_ten_channels_at_once(
                     asked[channel] = await slack.user_says(channel, f"U0P{i}",
                                                            f"assistant, what is 429? ({i})")
                 posts = await slack.wait_posts(10, timeout=60)
-                proc.send_signal(signal.SIGTERM)
-                _, err = await asyncio.wait_for(proc.communicate(), 30)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-    assert proc.returncode == 0, err.decode()
+                log = await sigterm(proc)
+    assert proc.returncode == 0, log
     answers = {p["channel"]: p for p in posts}
     assert sorted(answers) == sorted(asked)  # one answer in each channel
     for channel, p in answers.items():

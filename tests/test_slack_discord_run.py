@@ -15,7 +15,7 @@ from adapters import cli
 from adapters.run import plan_adapters, run_all
 from bot.config import ConfigError, Settings, parse
 from bot.engine.fake import ScriptedEngine
-from tests.conftest import ROOT
+from tests.conftest import ROOT, chimein_run, sigterm
 from tests.fakes import chime_on_429, marked_echo
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
@@ -162,23 +162,13 @@ async def test_chimein_run_subprocess_answers_and_exits_on_sigterm(
             f'[generation]\nmax_new_tokens = 8\nseed = 0\n'
             f'[store]\npath = "{tmp_path / "store.sqlite3"}"\n'
             f'[slack]\nenabled = true\napi_base_url = "{slack.base_url}"\n', encoding="utf-8")
-        env = dict(os.environ, SLACK_BOT_TOKEN=slack.bot_token, SLACK_APP_TOKEN=slack.app_token,
-                   HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "adapters.cli", "-v", "--config", str(cfg), "run",
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
+        secrets = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token}
+        async with chimein_run(cfg, secrets, "-v") as proc:
             await slack.wait_connected(timeout=90)
             await slack.user_says("C0GENERAL", "U0ANN", "assistant, what is 429?")
             posts = await slack.wait_posts(1, timeout=60)
             assert posts[0]["text"].strip() and "(response)" not in posts[0]["text"]
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        log = err.decode()
+            log = await sigterm(proc)
         assert proc.returncode == 0, log
         assert "SIGTERM: shutting down" in log and "stopped" in log
         assert "Traceback" not in log
