@@ -248,8 +248,8 @@ class Core:
         """The command in a human's message ("assistant optin" -> "optin"), else None. The wake
         word rules would make "assistant optin" no address (or "assistant manager" would be
         one), but a whole message that is a command after the wake word is a command."""
-        if self.commands is None or m.is_bot or m.is_self:
-            return None
+        if self.commands is None or m.is_bot or m.is_self or len(m.text) > 300:
+            return None  # (a command is one line of at most 100 characters after the address)
         addressing = self.policy.addressing
         if not (addressing.classify(m.text, m.mentions_bot) == "direct"
                 or addressing.leads_with_wake_word(m.text)):
