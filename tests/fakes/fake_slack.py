@@ -416,7 +416,8 @@ class FakeSlack(FakeServer):
         return {"channel": channel, **await self._new_message(
             channel, text, fields, stream=True, streaming=True)}
 
-    async def api_chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
+    def _open_stream(self, args: dict[str, Any]) -> tuple[Any, Any, str] | str:
+        """The streaming message `args` name and the text they add, or Slack's error."""
         found = self._own_message(args)
         if isinstance(found, str):
             return found
@@ -426,25 +427,25 @@ class FakeSlack(FakeServer):
         text = self._stream_text(args)
         if text is None:
             return "cannot_provide_both_markdown_text_and_chunks"
-        if not text:
-            return "no_text"
         if len(text) > 12_000:
             return "msg_too_long"
+        return post, entry, text
+
+    async def api_chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        opened = self._open_stream(args)
+        if isinstance(opened, str):
+            return opened
+        post, entry, text = opened
+        if not text:
+            return "no_text"
         await self._set_text(post["channel"], post, entry, post["text"] + text, echo=False)
         return {"channel": post["channel"], "ts": post["ts"]}
 
     async def api_chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any] | str:
-        found = self._own_message(args)
-        if isinstance(found, str):
-            return found
-        post, entry = found
-        if not post.get("streaming"):
-            return "message_not_in_streaming_state"
-        text = self._stream_text(args)
-        if text is None:
-            return "cannot_provide_both_markdown_text_and_chunks"
-        if len(text) > 12_000:
-            return "msg_too_long"
+        opened = self._open_stream(args)
+        if isinstance(opened, str):
+            return opened
+        post, entry, text = opened
         post["streaming"] = False
         if text:
             await self._set_text(post["channel"], post, entry, post["text"] + text,
